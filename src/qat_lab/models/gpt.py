@@ -1,0 +1,220 @@
+"""A small decoder-only transformer in the modded-nanogpt / parameter-golf family.
+
+Pre-norm RMSNorm blocks, rotary position embedding, QK-norm, ReLU^2 MLP, no biases, a tied
+input/output embedding, zero-initialised output projections and an optional tanh logit softcap.
+Every 2-D weight inside a block is an ``nn.Linear``: those are the matrices the quantiser wraps
+and the ones Muon updates (see ``qat_lab.quant.qat`` and ``qat_lab.optim.routing``).
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from qat_lab.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    """Shape of the model. Presets live in conf/model/; docs/model_ladder.md lists exact counts."""
+
+    name: str = "custom"
+    """Preset name, recorded as the `model` sweep axis."""
+    d_model: int = 128
+    """Residual stream width."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Query heads; head_dim = d_model / n_head."""
+    n_kv_head: int | None = None
+    """Key/value heads for grouped-query attention; None means n_head (plain multi-head)."""
+    mlp_ratio: float = 4.0
+    """MLP hidden width as a multiple of d_model."""
+    rope_base: float = 10000.0
+    """Rotary embedding base frequency."""
+    logit_softcap: float | None = 30.0
+    """Logits become cap * tanh(logits / cap); None disables the cap."""
+    tie_embeddings: bool = True
+    """Share the input embedding with the output head (the head is then not a separate tensor)."""
+    norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+
+    def __post_init__(self) -> None:
+        for field in ("d_model", "n_layer", "n_head", "n_kv_head"):
+            v = getattr(self, field)
+            if field == "n_kv_head" and v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
+                raise ConfigError(f"model.{field}={v} must be a positive integer")
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) \
+                or int(self.mlp_ratio * self.d_model) <= 0:
+            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be positive (MLP width mlp_ratio*d_model >= 1)")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ConfigError(f"model head_dim={self.d_model // self.n_head} must be even for rotary embedding")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ConfigError(f"model.n_head={self.n_head} is not a multiple of model.n_kv_head={kv}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding; cos/sin tables are cached per sequence length and device."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
+
+    def tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Tables built under torch.inference_mode (e.g. Lightning's validation loop) are inference
+        # tensors that autograd refuses to save, so they are rebuilt once training resumes.
+        stale = self._cache is not None and self._cache[2].is_inference() and not torch.is_inference_mode_enabled()
+        if stale or self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+            t = torch.arange(seq_len, device=device, dtype=torch.float32)
+            freqs = torch.outer(t, self.inv_freq.to(device))
+            self._cache = (seq_len, device, freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :])
+        return self._cache[2], self._cache[3]
+
+    @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, H, D). Rotate the two halves of each head as complex pairs.
+        x1, x2 = x.chunk(2, dim=-1)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv, self.hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.q = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.k = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.v = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+        # QK-norm keeps attention logits bounded, which matters once weights are quantised.
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_norm(self.q(x).view(B, T, self.n_head, self.hd))
+        k = self.k_norm(self.k(x).view(B, T, self.n_kv, self.hd))
+        v = self.v(x).view(B, T, self.n_kv, self.hd)
+        cos, sin = self.rotary.tables(T, x.device)
+        q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
+        y = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            is_causal=True, enable_gqa=self.n_kv != self.n_head,
+        )
+        return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        self.fc = nn.Linear(cfg.d_model, hidden, bias=False)
+        self.proj = nn.Linear(hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.relu(self.fc(x)).square())  # ReLU^2, as in the modded-nanogpt lineage
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.wte = nn.Embedding(vocab_size, cfg.d_model)
+        self.embed_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        # The head is an nn.Linear even when tied, so the quantiser can wrap it like any matrix.
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.reset_parameters()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.cfg.d_model ** -0.5
+        nn.init.normal_(self.wte.weight, std=std)
+        if self.lm_head.weight is not self.wte.weight:  # zeroing a tied head would zero the embedding
+            nn.init.zeros_(self.lm_head.weight)
+        for block in self.blocks:
+            for lin in (block.attn.q, block.attn.k, block.attn.v, block.mlp.fc):
+                nn.init.normal_(lin.weight, std=lin.in_features ** -0.5)
+            # Zero-initialised output projections: every block starts as the identity.
+            nn.init.zeros_(block.attn.proj.weight)
+            nn.init.zeros_(block.mlp.proj.weight)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab) in float32."""
+        x = self.embed_norm(self.wte(idx))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.lm_head(self.final_norm(x)).float()
+        cap = self.cfg.logit_softcap
+        return cap * torch.tanh(logits / cap) if cap else logits
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy in nats; reduction 'none' gives one loss per token."""
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+    return loss.view(targets.shape) if reduction == "none" else loss
+
+
+def count_parameters(model: GPT) -> dict[str, int]:
+    """Parameter counts. Size is reported as non-embedding parameters (METHOD section 2)."""
+    embedding_ids = {id(model.wte.weight), id(model.lm_head.weight)}
+    seen: set[int] = set()
+    total = embedding = 0
+    for p in model.parameters():  # parameters() already yields a tied tensor once
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if id(p) in embedding_ids:
+            embedding += p.numel()
+    return {"non_embedding": total - embedding, "embedding": embedding, "total": total}
+
+
+def flops_per_token(cfg: GPTConfig, n_params_matmul: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x matmul params + attention scores (PaLM appendix B convention)."""
+    return 6.0 * n_params_matmul + 12.0 * cfg.n_layer * cfg.d_model * seq_len
+
+
+def matmul_params(model: GPT) -> int:
+    """Parameters that take part in a matmul per token (blocks' linears and the head)."""
+    n = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    return n + model.lm_head.weight.numel()
+
+
+__all__ = ["GPT", "GPTConfig", "lm_loss", "count_parameters", "flops_per_token", "matmul_params"]

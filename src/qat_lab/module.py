@@ -1,0 +1,75 @@
+"""The LightningModule: a GPT with fake quantisation, routed optimisers and a step-wise LR schedule.
+
+Optimisation is manual (`automatic_optimization = False`) because a Muon run owns two optimisers
+(Muon for hidden matrices, AdamW for the rest) that must step together once per batch, and the
+natural-gradient optimisers (iEF) need per-sample gradients instead of one backward. Lightning
+counts every `LightningOptimizer.step` as a global step, so the module keeps its own step counter
+(`self.step`): step t is the t-th optimiser update, the index the LR schedule is written in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+
+from qat_lab.config import RunSpec
+from qat_lab.models.gpt import GPT, count_parameters, lm_loss
+from qat_lab.optim import apply_step_hparams, build_optimizers, param_group_names
+from qat_lab.quant import apply_qat
+
+
+class QATLanguageModel(L.LightningModule):
+    def __init__(self, spec: RunSpec, vocab_size: int):
+        super().__init__()
+        self.spec = spec
+        self.model = GPT(spec.model, vocab_size)
+        self.quantised = apply_qat(self.model, spec.bits, spec.quant)
+        self.automatic_optimization = False
+        self.step = 0
+        """Optimiser updates done so far (== index of the next update)."""
+        self.last_loss = math.nan
+        self.last_lrs: dict[str, float] = {}
+        self.diverged_at: int | None = None
+        self.pending_metrics: dict[str, float] = {}
+        """Measurements callbacks took at the start of this step; MetricsHistory writes them."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts = count_parameters(self.model)
+        counts["quantised"] = sum(m.weight.numel() for m in self.model.modules() if getattr(m, "bits", None))
+        return counts
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.model(idx)
+
+    def configure_optimizers(self):
+        return build_optimizers(self.model, self.spec.optim, self.spec.lr_mult)
+
+    @property
+    def raw_optimizers(self) -> list[torch.optim.Optimizer]:
+        # The unwrapped torch optimisers: stepping them directly keeps Lightning's global_step out
+        # of our step accounting (see the module docstring).
+        return list(self.trainer.optimizers)
+
+    def training_step(self, batch, batch_idx: int):
+        x, y = batch
+        opts = self.raw_optimizers
+        multiplier = self.spec.schedule.multiplier(self.step, self.spec.trainer.steps)
+        apply_step_hparams(opts, self.step, multiplier)
+        self.last_lrs = {g["group"]: g["lr"] for opt in opts for g in opt.param_groups}
+
+        loss = lm_loss(self.model(x), y)
+        self.manual_backward(loss)
+        if self.spec.trainer.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.trainer.grad_clip)
+        for opt in opts:
+            opt.step()
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        self.last_loss = float(loss.detach())
+        self.step += 1
+        return loss.detach()
+
+    def lr_group_names(self) -> list[str]:
+        return param_group_names(self.raw_optimizers)

@@ -1,0 +1,137 @@
+"""Build the optimisers of a run and set their per-step hyperparameters.
+
+A run has one or more torch optimisers; every param group carries
+- "group":   a readable name unique across the run ("muon/matrices", "adamw/embed", ...), which the
+             training logs as `lr/<group>` every step;
+- "base_lr": configured LR x lr_mult (the LR-magnitude sweep axis, METHOD section 4).
+The schedule is a multiplier of base_lr, applied each step by apply_step_hparams, so the schedule
+shape is identical across groups and lr_mult never reaches the schedule code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+
+from qat_lab.errors import ConfigError
+from qat_lab.optim.config import AdamWConfig, MuonConfig
+from qat_lab.optim.routing import NamedParams, route_parameters
+
+Builder = Callable[[nn.Module, Any, float], list[Optimizer]]
+
+
+def _group(name: str, params: NamedParams, lr: float, lr_mult: float, **extra: Any) -> dict[str, Any]:
+    base_lr = lr * lr_mult
+    # Params are (name, tensor) pairs: torch keeps them as group["param_names"], handy in checkpoints.
+    return {"params": params, "group": name, "base_lr": base_lr, "lr": base_lr, **extra}
+
+
+def _non_empty(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # A tied model has no head group, a model without blocks no matrices: drop, don't fail.
+    return [g for g in groups if g["params"]]
+
+
+def _check_config(cfg: Any, cls: type) -> None:
+    if not isinstance(cfg, cls):
+        raise ConfigError(f"optim.name={getattr(cfg, 'name', cfg)} needs a {cls.__name__}, got {type(cfg).__name__}")
+
+
+def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimizer]:
+    """torch.optim.Muon on the hidden matrices, AdamW on embedding, head and 1-D tensors."""
+    _check_config(cfg, MuonConfig)
+    routes = route_parameters(model)
+    optimizers: list[Optimizer] = []
+
+    warm = cfg.momentum_warmup_steps > 0
+    muon_groups = _non_empty([
+        _group(
+            "muon/matrices", routes.matrices, cfg.matrix_lr, lr_mult,
+            # Warmup state lives in the group so apply_step_hparams needs nothing but the optimiser
+            # (and it survives a checkpoint round trip with the optimiser state).
+            momentum=cfg.momentum_warmup_start if warm else cfg.momentum,
+            momentum_target=cfg.momentum,
+            momentum_warmup_start=cfg.momentum_warmup_start,
+            momentum_warmup_steps=cfg.momentum_warmup_steps,
+        ),
+    ])
+    if muon_groups:
+        optimizers.append(torch.optim.Muon(
+            muon_groups,
+            lr=cfg.matrix_lr * lr_mult,
+            weight_decay=cfg.weight_decay,  # explicit: torch's default 0.1 would silently decay
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            ns_steps=cfg.ns_steps,
+            adjust_lr_fn=cfg.adjust_lr_fn,
+        ))
+
+    adam_groups = _non_empty([
+        # The tied head is the embedding tensor, so it is trained at embed_lr in this group.
+        _group("adamw/embed", routes.embed, cfg.embed_lr, lr_mult, weight_decay=cfg.adam_weight_decay),
+        _group("adamw/head", routes.head, cfg.head_lr, lr_mult, weight_decay=cfg.adam_weight_decay),
+        _group("adamw/scalars", routes.scalars, cfg.scalar_lr, lr_mult, weight_decay=0.0),
+    ])
+    if adam_groups:
+        optimizers.append(torch.optim.AdamW(
+            adam_groups, lr=cfg.embed_lr * lr_mult, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=False,
+        ))
+    return optimizers
+
+
+def build_adamw(model: nn.Module, cfg: AdamWConfig, lr_mult: float) -> list[Optimizer]:
+    """One AdamW over every parameter; weight decay on the hidden matrices only."""
+    _check_config(cfg, AdamWConfig)
+    routes = route_parameters(model)
+    groups = _non_empty([
+        _group("adamw/matrices", routes.matrices, cfg.lr, lr_mult, weight_decay=cfg.weight_decay),
+        _group("adamw/embed", routes.embed, cfg.embed_lr, lr_mult, weight_decay=0.0),
+        _group("adamw/head", routes.head, cfg.embed_lr, lr_mult, weight_decay=0.0),
+        _group("adamw/scalars", routes.scalars, cfg.scalar_lr, lr_mult, weight_decay=0.0),
+    ])
+    return [torch.optim.AdamW(groups, lr=cfg.lr * lr_mult, betas=cfg.betas, eps=cfg.eps, fused=False)]
+
+
+OPTIMIZERS: dict[str, Builder] = {
+    "muon": build_muon,
+    "adamw": build_adamw,
+    # "ief": build_ief — a later issue adds iEF / EF / SF (METHOD section 5). It must follow the
+    # same contract: route with route_parameters, name every group ("ief/<route>"), set base_lr
+    # via _group, and keep any per-step state in the group dict for apply_step_hparams.
+}
+"""optim.name -> builder(model, cfg, lr_mult) -> list of optimisers."""
+
+
+def build_optimizers(model: nn.Module, cfg: MuonConfig | AdamWConfig, lr_mult: float) -> list[Optimizer]:
+    """The optimisers of a run, every group named and with base_lr = configured LR x lr_mult."""
+    if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or not lr_mult > 0:
+        raise ConfigError(f"lr_mult={lr_mult} must be positive")
+    name = getattr(cfg, "name", None)
+    if name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={name} is not one of {', '.join(sorted(OPTIMIZERS))}")
+    optimizers = OPTIMIZERS[name](model, cfg, float(lr_mult))
+    names = param_group_names(optimizers)
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"optimiser group names are not unique: {names}")
+    return optimizers
+
+
+def apply_step_hparams(optimizers: Iterable[Optimizer], step: int, lr_multiplier: float) -> None:
+    """Set the hyperparameters for the update at `step`: lr = base_lr x schedule multiplier,
+    and Muon's momentum warmup (linear from momentum_warmup_start to momentum) where configured."""
+    if not lr_multiplier >= 0:
+        raise ValueError(f"lr_multiplier={lr_multiplier} must be >= 0")
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * lr_multiplier
+            steps = group.get("momentum_warmup_steps", 0)
+            if steps > 0:
+                frac = min(step / steps, 1.0)
+                group["momentum"] = (1 - frac) * group["momentum_warmup_start"] + frac * group["momentum_target"]
+
+
+def param_group_names(optimizers: Iterable[Optimizer]) -> list[str]:
+    """Group names of all optimisers, in order (the `lr/<group>` logging keys)."""
+    return [g["group"] for opt in optimizers for g in opt.param_groups]
