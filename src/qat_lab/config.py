@@ -19,7 +19,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from qat_lab.errors import ConfigError, DataError
-from qat_lab.models.gpt import GPTConfig
+from qat_lab.models.gpt import GPTConfig, count_parameters_for
 from qat_lab.quant.fake_quant import QuantConfig, validate_bits
 from qat_lab.schedules import ScheduleConfig
 
@@ -68,6 +68,8 @@ class TrainerConfig:
 
     steps: int = 150
     """Optimiser steps (the run length T that the LR schedule spans)."""
+    tokens_per_param: float | None = None
+    """If set, steps = ceil(tokens_per_param x non-embedding params / tokens per step) (e.g. 20 = Chinchilla)."""
     accelerator: str = "auto"
     """Lightning accelerator: 'auto' (GPU if present), 'cpu', 'gpu'."""
     devices: Any = 1
@@ -90,6 +92,8 @@ class TrainerConfig:
     """Show Lightning's progress bar."""
 
     def __post_init__(self) -> None:
+        if self.tokens_per_param is not None and not self.tokens_per_param > 0:
+            raise ConfigError(f"trainer.tokens_per_param={self.tokens_per_param} must be positive or null")
         if int(self.steps) != self.steps or self.steps <= 0:
             raise ConfigError(f"trainer.steps={self.steps} must be a positive integer")
         for key in ("val_every", "grid_every", "val_batches"):
@@ -162,6 +166,9 @@ class RunSpec:
         }
 
 
+VOCAB_FOR_BUDGET = 256
+"""Non-embedding counts do not depend on the vocabulary; any vocab gives the same budget."""
+
 GROUPS = ("model", "quant", "optim", "schedule", "data", "trainer", "logger")
 
 
@@ -204,4 +211,10 @@ def build_spec(cfg: DictConfig) -> RunSpec:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ConfigError(f"seed={seed} must be a non-negative integer")
     built = {name: _build_group(name, cfg[name]) for name in GROUPS}
-    return RunSpec(**built, bits=bits, warmdown=float(warmdown), lr_mult=float(lr_mult), seed=seed)
+    spec = RunSpec(**built, bits=bits, warmdown=float(warmdown), lr_mult=float(lr_mult), seed=seed)
+    if spec.trainer.tokens_per_param is not None:
+        # A token budget proportional to model size: the run length follows the model preset.
+        n = count_parameters_for(spec.model, VOCAB_FOR_BUDGET)["non_embedding"]
+        per_step = spec.data.batch_size * spec.data.seq_len
+        spec.trainer.steps = max(1, math.ceil(spec.trainer.tokens_per_param * n / per_step))
+    return spec

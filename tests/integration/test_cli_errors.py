@@ -35,3 +35,11 @@ def test_bad_value_in_a_sweep_loses_nothing(cli, tmp_path):
     assert result.returncode == 2
     assert record.read_text() == "{}"
     assert sorted(p.name for p in sweep.iterdir()) == ["bits=4"]
+
+
+def test_dry_run_lists_the_grid_and_launches_nothing(cli, tmp_path):
+    result = cli("--dry-run", "-m", "experiment=phase2", "hydra.sweep.dir=sweep")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "720 jobs"
+    assert "H100-hours" in result.stdout
+    assert not (tmp_path / "sweep").exists()

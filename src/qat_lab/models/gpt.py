@@ -206,6 +206,12 @@ def count_parameters(model: GPT) -> dict[str, int]:
     return {"non_embedding": total - embedding, "embedding": embedding, "total": total}
 
 
+def count_parameters_for(cfg: GPTConfig, vocab_size: int) -> dict[str, int]:
+    """count_parameters without allocating: the model is built on the meta device (shapes only)."""
+    with torch.device("meta"):
+        return count_parameters(GPT(cfg, vocab_size))
+
+
 def flops_per_token(cfg: GPTConfig, n_params_matmul: int, seq_len: int) -> float:
     """Training FLOPs per token: 6 x matmul params + attention scores (PaLM appendix B convention)."""
     return 6.0 * n_params_matmul + 12.0 * cfg.n_layer * cfg.d_model * seq_len
@@ -217,4 +223,4 @@ def matmul_params(model: GPT) -> int:
     return n + model.lm_head.weight.numel()
 
 
-__all__ = ["GPT", "GPTConfig", "lm_loss", "count_parameters", "flops_per_token", "matmul_params"]
+__all__ = ["GPT", "GPTConfig", "lm_loss", "count_parameters", "count_parameters_for", "flops_per_token", "matmul_params"]

@@ -1,0 +1,47 @@
+"""Experiment presets compose into complete grids of the documented size; --dry-run lists them."""
+
+from __future__ import annotations
+
+import pytest
+
+from qat_lab.cli import dry_run, preflight
+
+EXPECTED_JOBS = {
+    "phase2": 720,          # 4 sizes x 4 warmdowns x 3 lr_mult x 3 bits x 5 seeds
+    "phase5_adamw": 120,
+    "phase5_cosine": 60,
+    "phase5_length": 120,
+    "phase5_sizes": 50,
+    "phase5_int4": 280,
+    "cpu_phase2": 72,
+}
+
+
+@pytest.mark.parametrize("name, jobs", sorted(EXPECTED_JOBS.items()))
+def test_preset_job_count(name, jobs):
+    listing = dry_run([f"experiment={name}"], multirun=True)
+    assert listing.splitlines()[0] == f"{jobs} jobs"
+    table_rows = [line for line in listing.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert sum(int(row.split("|")[2]) for row in table_rows) == jobs
+
+
+def test_preflight_validates_a_preset_grid():
+    # phase2 is larger than the preflight limit: a covering subset is composed and validated.
+    assert 0 < preflight(["experiment=phase2"], multirun=True) < 720
+
+
+def test_command_line_wins_over_the_preset_grid():
+    listing = dry_run(["experiment=phase2", "seed=0", "model=15m"], multirun=True)
+    assert listing.splitlines()[0] == f"{720 // 5 // 4} jobs"
+
+
+def test_token_budget_sets_steps_from_model_size():
+    small = dry_run(["experiment=phase2", "model=15m"], multirun=True)
+    large = dry_run(["experiment=phase2", "model=100m"], multirun=True)
+    steps = lambda text: int(next(l for l in text.splitlines() if l.startswith("| 1")).split("|")[3])
+    # 20 tokens per non-embedding parameter: the 100m preset runs ~7x longer than 15m.
+    assert 6 < steps(large) / steps(small) < 8
+
+
+def test_without_multirun_the_preset_grid_is_not_used():
+    assert dry_run(["experiment=phase2"], multirun=False).splitlines()[0] == "1 jobs"
