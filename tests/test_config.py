@@ -50,8 +50,10 @@ def test_every_group_has_options_on_disk():
 @pytest.mark.parametrize(("group", "option"), _group_cases(), ids=lambda v: str(v))
 def test_every_option_composes_and_builds(group: str, option: str, text_file: Path):
     overrides = [f"{group}={option}"]
-    if group == "data" and option == "text":
+    if group == "data" and option in ("text", "hf"):
         overrides.append(f"path={text_file}")
+    if group == "data" and option == "shards":
+        overrides.append(f"path={text_file.parent}")  # an existing folder; setup would read its shards
     spec = build_spec(_compose(overrides))
     assert isinstance(spec, RunSpec)
     axes = spec.axes()
@@ -63,8 +65,10 @@ def test_every_option_composes_and_builds(group: str, option: str, text_file: Pa
         assert axes["optim"] == option
     if group == "data":
         assert spec.data.corpus == option
-        expected = f"text:{text_file.name}" if option == "text" else option
+        user_data = {"text": text_file.name, "hf": text_file.name, "shards": text_file.parent.name}
+        expected = f"{option}:{user_data[option]}" if option in user_data else option
         assert axes["data"] == expected
+        assert axes["tokenizer"] == ("file" if option == "shards" else "bytes")
     if group == "data" and option == "text":
         assert spec.data.path == str(text_file)  # top-level `path` reaches data.path
 

@@ -24,42 +24,91 @@ from qat_lab.quant.fake_quant import QuantConfig, validate_bits
 from qat_lab.schedules import ScheduleConfig
 
 
+CORPORA = ("shakespeare", "python_stdlib", "text", "hf", "shards")
+TOKENIZERS = ("bytes", "bpe", "file", "none")
+DEFAULT_BPE_VOCAB = 1024
+
+
 @dataclass
 class DataConfig:
-    """Which text to train on and how it is cut into batches."""
+    """Which text to train on and how it is cut into batches (docs/data.md)."""
 
     corpus: str = "shakespeare"
-    """'shakespeare' (embedded, ~5 MB of plays), 'python_stdlib' (~13 MB of .py files) or 'text'."""
+    """'shakespeare' (embedded, ~5 MB of plays), 'python_stdlib' (~13 MB of .py files), 'text', 'hf' or 'shards'."""
     path: str | None = None
-    """For corpus='text': a file, or a folder searched with `glob`."""
+    """For corpus='text'/'hf': a file, or a folder searched with `glob`; for 'shards': the shard folder."""
     glob: str = "**/*.txt"
     """Files taken from a `path` folder (sorted by path, so the order is reproducible)."""
     tokenizer: str = "bytes"
-    """'bytes': one token per UTF-8 byte (vocab 256), so bits-per-byte is exact."""
+    """'bytes' (vocab 256), 'bpe' (byte-level BPE trained on the train split), 'file' (`tokenizer_file`) or 'none' (shards only; no bpb)."""
+    vocab_size: int | None = None
+    """Model vocabulary: the BPE size to train (default 1024); else None = the tokenizer's, or larger to pad; required for 'none'."""
+    tokenizer_file: str | None = None
+    """For tokenizer='file': a `tokenizers` JSON; for corpus='shards' it defaults to <path>/tokenizer.json."""
+    tokenizer_train_bytes: int = 100_000_000
+    """A BPE is trained on at most this many bytes from the start of the train split."""
+    train_glob: str = "*_train_*.bin"
+    """For corpus='shards': the train shards under `path` (sorted; modded-nanogpt / parameter-golf names)."""
+    val_glob: str = "*_val_*.bin"
+    """For corpus='shards': the val shards under `path` (sorted)."""
+    hf_format: str | None = None
+    """For corpus='hf': the `datasets` builder 'text', 'json' or 'parquet'; None = from the file suffixes."""
+    text_field: str = "text"
+    """For corpus='hf' with json/parquet rows: the column holding the text."""
+    cache_dir: str | None = None
+    """Where trained tokenizers and tokenised corpora are cached; None = $QAT_LAB_CACHE or ~/.cache/qat_lab."""
     seq_len: int = 128
     """Tokens per training sequence (the model sees seq_len tokens, predicts the next one each)."""
     batch_size: int = 32
     """Sequences per optimiser step."""
     val_fraction: float = 0.05
-    """The last fraction of the token stream is held out for validation (deterministic split)."""
+    """The last fraction of the token stream is held out for validation (deterministic split; not for shards)."""
     val_tokens: int = 32768
     """Validation tokens used for the final evaluation (fixed, contiguous windows)."""
 
     def __post_init__(self) -> None:
-        if self.corpus not in ("shakespeare", "python_stdlib", "text"):
-            raise ConfigError(f"data.corpus={self.corpus} is not one of shakespeare, python_stdlib, text")
-        if self.tokenizer != "bytes":
-            raise ConfigError(f"data.tokenizer={self.tokenizer} is not supported: use bytes")
-        if self.corpus == "text":
+        if self.corpus not in CORPORA:
+            raise ConfigError(f"data.corpus={self.corpus} is not one of {', '.join(CORPORA)}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ConfigError(f"data.tokenizer={self.tokenizer} is not supported: use one of {', '.join(TOKENIZERS)}")
+        if self.corpus in ("text", "hf", "shards"):
+            name = "data=" + self.corpus
             if not self.path:
-                raise ConfigError("data=text needs path=<file or folder> (e.g. qatlab data=text path=notes.txt)")
+                raise ConfigError(f"{name} needs path=<{'shard folder' if self.corpus == 'shards' else 'file or folder'}>"
+                                  + (" (e.g. qatlab data=text path=notes.txt)" if self.corpus == "text" else ""))
             if not Path(self.path).expanduser().exists():
                 raise DataError(f"path={self.path} does not exist")
-        for key in ("seq_len", "batch_size", "val_tokens"):
+            if self.corpus == "shards" and not Path(self.path).expanduser().is_dir():
+                raise DataError(f"path={self.path} is not a folder of token shards")
+        for key in ("seq_len", "batch_size", "val_tokens", "tokenizer_train_bytes"):
             if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) <= 0:
                 raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
+        v = self.vocab_size
+        if v is not None and (isinstance(v, bool) or int(v) != v or v <= 0):
+            raise ConfigError(f"data.vocab_size={v} must be a positive integer or null")
+        if self.tokenizer == "bpe":
+            if self.corpus == "shards":
+                raise ConfigError("data.tokenizer=bpe trains on text, but shards are already tokenised: use "
+                                  "data.tokenizer=file (their tokenizer.json), bytes, or none with data.vocab_size")
+            self.vocab_size = DEFAULT_BPE_VOCAB if v is None else v
+            if not 257 <= self.vocab_size <= 65536:
+                raise ConfigError(f"data.vocab_size={self.vocab_size} must be in [257, 65536] for a byte-level BPE")
+        elif self.tokenizer == "bytes" and v is not None and v < 256:
+            raise ConfigError(f"data.vocab_size={v} is smaller than the byte tokenizer's 256")
+        elif self.tokenizer == "none":
+            if self.corpus != "shards":
+                raise ConfigError("data.tokenizer=none is only for data=shards (token ids without a tokenizer)")
+            if v is None:
+                raise ConfigError("data.tokenizer=none needs data.vocab_size=<N> (the shards' vocabulary)")
+        elif self.tokenizer == "file":
+            if not self.tokenizer_file and self.corpus != "shards":
+                raise ConfigError("data.tokenizer=file needs data.tokenizer_file=<tokenizer.json>")
+            if self.tokenizer_file and not Path(self.tokenizer_file).expanduser().is_file():
+                raise DataError(f"data.tokenizer_file={self.tokenizer_file} does not exist")
+        if self.hf_format is not None and self.hf_format not in ("text", "json", "parquet"):
+            raise ConfigError(f"data.hf_format={self.hf_format} is not one of text, json, parquet (or null)")
 
 
 @dataclass
@@ -86,6 +135,8 @@ class TrainerConfig:
     """Measure the weight-to-grid distance every this many steps (also pre-warmdown and at the end)."""
     max_loss: float = 100.0
     """A train loss above this (or NaN/inf) marks the run diverged and stops it."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every this many steps (0 = never); a requeued job resumes from it."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None = no clipping."""
     progress: bool = False
@@ -96,7 +147,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.tokens_per_param={self.tokens_per_param} must be positive or null")
         if int(self.steps) != self.steps or self.steps <= 0:
             raise ConfigError(f"trainer.steps={self.steps} must be a positive integer")
-        for key in ("val_every", "grid_every", "val_batches"):
+        for key in ("val_every", "grid_every", "val_batches", "checkpoint_every"):
             if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) < 0:
                 raise ConfigError(f"trainer.{key}={getattr(self, key)} must be a non-negative integer")
         if not self.max_loss > 0:
@@ -154,14 +205,22 @@ class RunSpec:
 
     @property
     def data_name(self) -> str:
-        return self.data.corpus if self.data.corpus != "text" else f"text:{Path(self.data.path).name}"
+        """The data axis: the corpus, with the file/folder name for user data ('text:notes.txt')."""
+        c = self.data.corpus
+        return c if c in ("shakespeare", "python_stdlib") else f"{c}:{Path(self.data.path).name}"
+
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer axis: 'bytes', or e.g. 'bpe1024' (runs with different vocabularies never pair)."""
+        t = self.data.tokenizer
+        return t if t == "bytes" or self.data.vocab_size is None else f"{t}{self.data.vocab_size}"
 
     def axes(self) -> dict[str, Any]:
         """The flat sweep axes written to the run record and the top of the W&B config."""
         return {
             "bits": self.bits, "warmdown": self.warmdown, "lr_mult": self.lr_mult,
             "model": self.model.name, "optim": self.optim.name, "schedule": self.schedule_name,
-            "seed": self.seed, "steps": self.trainer.steps, "data": self.data_name,
+            "seed": self.seed, "steps": self.trainer.steps, "data": self.data_name, "tokenizer": self.tokenizer_name,
             "seq_len": self.data.seq_len, "batch_size": self.data.batch_size,
         }
 

@@ -79,6 +79,21 @@ def find_records(root: str | Path) -> list[Path]:
     return sorted(Path(root).rglob(RECORD_NAME))
 
 
+def mark_unfinished_failed(sweep_dir: str | Path, job_num: int, reason: str) -> Path | None:
+    """Mark job `job_num`'s record failed if it never finished (killed from outside: Slurm's time
+    limit, scancel, OOM). Returns the record's path, or None if the job left no unfinished record."""
+    for path in find_records(sweep_dir):
+        try:
+            record = read_record(path)
+        except RunRecordError:
+            continue
+        if record.get("job_num") == job_num and record["status"] in ("running", "interrupted"):
+            record.update(status="failed", error=reason)
+            write_record(path.parent, record)
+            return path
+    return None
+
+
 @functools.cache
 def git_state() -> dict[str, Any]:
     """The commit the code came from: the working dir's repo, else the package's own checkout."""

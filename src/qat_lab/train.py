@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 import traceback
 import warnings
@@ -26,7 +27,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from qat_lab import runs
-from qat_lab.callbacks import DivergenceGuard, GridDistanceMonitor, MetricsHistory, QuickValidation
+from qat_lab.callbacks import (DivergenceGuard, GridDistanceMonitor, MetricsHistory, QuickValidation, StepCheckpoint,
+                               load_checkpoint)
 from qat_lab.config import RunSpec, build_spec
 from qat_lab.data import LMDataModule
 from qat_lab.evaluation import final_evaluation
@@ -69,7 +71,7 @@ def make_loggers(spec: RunSpec, ident: dict[str, Any], cfg: DictConfig) -> list:
     return [WandbLogger(
         project=spec.logger.project, entity=spec.logger.entity, name=ident["job_name"], group=ident["sweep_id"],
         id=ident["wandb_id"], save_dir=ident["job_dir"], offline=spec.logger.mode == "offline",
-        job_type="train", tags=spec.logger.tags, config=config, log_model=False,
+        job_type="train", tags=spec.logger.tags, config=config, log_model=False, resume="allow",
         # Quiet console (one line per job is ours to print) and no stdout capture.
         settings=wandb.Settings(silent=True, console="off"),
     )]
@@ -105,6 +107,9 @@ def new_record(spec: RunSpec, ident: dict[str, Any], cfg: DictConfig) -> dict[st
         "history_file": runs.HISTORY_NAME,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "started_at": _now(), "finished_at": None, "error": None, "diverged_at_step": None,
+        "resumed_from_step": None,
+        "slurm": {k: os.environ.get(f"SLURM_{k.upper()}") for k in ("job_id", "array_job_id", "array_task_id",
+                                                                      "restart_count", "job_nodelist")},
     }
 
 
@@ -132,12 +137,21 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
 
     t0 = spec.schedule.warmdown_start(spec.trainer.steps)
     grid = GridDistanceMonitor(spec.trainer.grid_every, t0, spec.trainer.steps)
-    history = MetricsHistory(job_dir)
+    resume = load_checkpoint(job_dir)
+    if resume is not None:  # a requeued job: continue where the checkpoint left off
+        module.model.load_state_dict(resume["model"])
+        module.step = data.start_step = resume["step"]
+        grid.pre_warmdown = resume["grid_pre_warmdown"]
+        record["resumed_from_step"] = resume["step"]
+        print(f"[{ident['job_num']}] {ident['job_name']}: resuming from step {resume['step']}", flush=True)
+    history = MetricsHistory(job_dir, resume_step=module.step)
+    checkpoint = StepCheckpoint(job_dir, spec.trainer.checkpoint_every, grid, resume)
+    quick_batches = data.eval_batches(spec.trainer.val_batches * spec.data.batch_size * spec.data.seq_len)
     callbacks = [
+        checkpoint,
         DivergenceGuard(spec.trainer.max_loss),
         grid,
-        QuickValidation(spec.trainer.val_every, data.eval_batches(spec.trainer.val_batches * spec.data.batch_size * spec.data.seq_len),
-                        data.bits_per_byte),
+        QuickValidation(spec.trainer.val_every, quick_batches, data.bits_per_byte_for(quick_batches)),
         history,  # last: writes what the others measured
     ]
     loggers = make_loggers(spec, ident, cfg)
@@ -157,11 +171,12 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
         train_s = time.perf_counter() - start
 
         steps_done = module.step
+        tokens_this_process = (steps_done - data.start_step) * spec.data.batch_size * spec.data.seq_len
         tokens = steps_done * spec.data.batch_size * spec.data.seq_len
         n_matmul = matmul_params(module.model)
         record["tokens"] = {"train": tokens, "per_step": spec.data.batch_size * spec.data.seq_len,
                             "val_final": sum(y.numel() for _, y in data.eval_batches())}
-        record["timing"] = {"train_s": train_s, "tokens_per_s": tokens / train_s if train_s > 0 else None,
+        record["timing"] = {"train_s": train_s, "tokens_per_s": tokens_this_process / train_s if train_s > 0 else None,
                             "flops_per_token": flops_per_token(spec.model, n_matmul, spec.data.seq_len),
                             "device": str(module.device), "threads": torch.get_num_threads()}
         results: dict[str, Any] = {"steps_done": steps_done, "train_loss_final": module.last_loss,
@@ -183,6 +198,7 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
             record["status"] = "completed" if results["finite"] else "diverged"
         results["grid_bits"] = grid_bits_for(spec.bits, spec.quant)
         record["results"] = results
+        checkpoint.discard()  # the run is over; the record holds what matters
     finally:
         history.close()
         finish_loggers(loggers)
@@ -211,6 +227,12 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         raise
     except Exception as e:  # a crashed job is recorded and the sweep goes on
         (job_dir / "error.txt").write_text(traceback.format_exc())
+        if type(e).__name__ == "UncompletedJobError":
+            # submitit ending a Slurm job it will not requeue (e.g. timed out too many times): the
+            # exception must reach submitit, which reports the job as failed to the launcher.
+            record.update(status="failed", error=f"Slurm: {e}", finished_at=_now())
+            runs.write_record(job_dir, record)
+            raise
         record.update(status="failed", error=f"{type(e).__name__}: {e}", finished_at=_now())
         record["timing"]["wall_s"] = time.perf_counter() - wall
         runs.write_record(job_dir, record)
@@ -228,5 +250,8 @@ def job_summary_line(record: dict[str, Any]) -> str:
     head = f"[{record['job_num']}] {record['job_name']}: {record['status']}"
     if record["status"] == "diverged":
         return f"{head} at step {record['diverged_at_step']} ({t['wall_s']:.1f} s)"
-    return (f"{head}  val_bpb {r['val_bpb']:.3f} (latent {r['latent_val_bpb']:.3f})  "
-            f"grid {r['grid_distance_final']:.3f}  {t['wall_s']:.1f} s  {t['tokens_per_s']:.0f} tok/s")
+    if r.get("val_bpb") is not None:
+        quality = f"val_bpb {r['val_bpb']:.3f} (latent {r['latent_val_bpb']:.3f})"
+    else:  # a tokenizer without known bytes per token: no bpb, report nats
+        quality = f"val_loss {r['val_loss']:.3f} (latent {r['latent_val_loss']:.3f})"
+    return f"{head}  {quality}  grid {r['grid_distance_final']:.3f}  {t['wall_s']:.1f} s  {t['tokens_per_s']:.0f} tok/s"

@@ -20,9 +20,11 @@ MEASURED_COLUMNS = ("val_loss", "val_bpb", "grid_distance")
 
 
 class MetricsHistory(L.Callback):
-    def __init__(self, job_dir: str | Path, flush_every: int = 20):
+    def __init__(self, job_dir: str | Path, flush_every: int = 20, resume_step: int = 0):
         self.path = Path(job_dir) / HISTORY_NAME
         self.flush_every = flush_every
+        self.resume_step = resume_step
+        """Resuming at this step: keep the rows before it, drop the ones the lost run wrote after."""
         self._file = None
         self._writer: csv.DictWriter | None = None
         self.columns: list[str] = []
@@ -30,9 +32,14 @@ class MetricsHistory(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
         lr_columns = [f"lr/{name}" for name in pl_module.lr_group_names()]
         self.columns = ["step", "train_loss", *lr_columns, *MEASURED_COLUMNS]
+        kept = []
+        if self.resume_step and self.path.exists():
+            with open(self.path, newline="") as f:
+                kept = [row for row in csv.DictReader(f) if int(row["step"]) < self.resume_step]
         self._file = open(self.path, "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
         self._writer.writeheader()
+        self._writer.writerows(kept)
 
     def write_row(self, trainer: L.Trainer, step: int, metrics: dict[str, float]) -> None:
         row = {"step": step, **metrics}

@@ -1,7 +1,21 @@
-"""Corpora, the byte tokenizer and the LightningDataModule."""
+"""Corpora, tokenizers (bytes, byte-level BPE), token shards and the LightningDataModule.
 
-from qat_lab.data.corpora import Corpus, load_corpus
-from qat_lab.data.datamodule import LMDataModule
-from qat_lab.data.tokenizer import ByteTokenizer
+Names are imported on first use, so `python -m qat_lab.data.shards` runs without importing its
+own module twice (and light tools need not import Lightning).
+"""
 
-__all__ = ["Corpus", "load_corpus", "LMDataModule", "ByteTokenizer"]
+from importlib import import_module
+
+_EXPORTS = {
+    "Corpus": "qat_lab.data.corpora", "load_corpus": "qat_lab.data.corpora",
+    "LMDataModule": "qat_lab.data.datamodule", "ByteTokenizer": "qat_lab.data.tokenizer",
+    "HFTokenizer": "qat_lab.data.bpe", "ShardSet": "qat_lab.data.shards", "write_shard": "qat_lab.data.shards",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'qat_lab.data' has no attribute {name!r}")
