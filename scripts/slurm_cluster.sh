@@ -105,7 +105,7 @@ start_munge() {
   chown munge:munge /run/munge /var/lib/munge /var/log/munge /etc/munge
   [[ -s /etc/munge/munge.key ]] || runuser -u munge -- mungekey --create --keyfile=/etc/munge/munge.key
   chmod 0400 /etc/munge/munge.key && chown munge:munge /etc/munge/munge.key
-  runuser -u munge -- /usr/sbin/munged
+  runuser -u munge -- /usr/sbin/munged --force  # --force: a killed munged may have left its socket
   until_ok 10 munge bash -c 'munge -n | unmunge'
 }
 
@@ -127,6 +127,7 @@ node_idle() { [[ $(sinfo -h -n localhost -o %T) == idle ]]; }
 
 start() {
   local t0=$SECONDS
+  stop 2>/dev/null || true  # daemons left from an earlier start (pid files in $BASE)
   mkdir -p "$BASE"/{state,spool,log}
   install_packages
   write_configs
