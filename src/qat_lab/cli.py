@@ -94,8 +94,18 @@ def preflight(overrides: list[str], multirun: bool = True) -> int:
     with _config_module():
         jobs = _expand(sweep_overrides(overrides, multirun))
         for job in jobs:
-            validate_job(_compose(job))
+            spec = validate_job(_compose(job))
+            if multirun and spec.trainer.devices not in (1, "1") and _launcher(job) == "basic":
+                # Lightning starts extra DDP processes by re-running this command line, which in a
+                # local multirun would start the whole sweep again in every process.
+                raise ConfigError(f"trainer.devices={spec.trainer.devices} needs one process per device: in a sweep use "
+                                  "launcher=slurm with hydra.launcher.tasks_per_node=<devices>, or run single jobs")
     return len(jobs)
+
+
+def _launcher(job: list[str]) -> str:
+    target = str(_compose(job, with_hydra=True).hydra.launcher._target_)
+    return "basic" if target.endswith("BasicLauncher") else target
 
 
 CHEAP_AXES = ("bits", "warmdown", "lr_mult", "seed")

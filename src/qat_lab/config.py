@@ -122,7 +122,9 @@ class TrainerConfig:
     accelerator: str = "auto"
     """Lightning accelerator: 'auto' (GPU if present), 'cpu', 'gpu'."""
     devices: Any = 1
-    """Lightning devices (an int, or 'auto')."""
+    """Lightning devices (an int, or 'auto'); more than one trains data-parallel (DDP)."""
+    strategy: str = "auto"
+    """Lightning strategy: 'auto', 'ddp' (one process per device), ..."""
     precision: str = "auto"
     """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
     threads: int | None = None

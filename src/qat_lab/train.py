@@ -121,8 +121,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*torch.set_float32_matmul_precision.*")
 
 
-def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[str, Any]) -> None:
-    """Train and evaluate, filling `record` in place."""
+def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[str, Any], write: bool = True) -> None:
+    """Train and evaluate, filling `record` in place (`write`: rank 0 saves the running record)."""
     job_dir = Path(ident["job_dir"])
     if spec.trainer.threads:
         torch.set_num_threads(spec.trainer.threads)
@@ -156,25 +156,31 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
     ]
     loggers = make_loggers(spec, ident, cfg)
     try:
-        if loggers:
+        if loggers and write:
             record["wandb"]["id"] = loggers[0].experiment.id
             record["wandb"]["dir"] = str(Path(loggers[0].experiment.dir).parent)
-        runs.write_record(job_dir, record)
+        if write:
+            runs.write_record(job_dir, record)
         trainer = L.Trainer(
-            accelerator=spec.trainer.accelerator, devices=spec.trainer.devices, precision=trainer_precision(spec),
+            accelerator=spec.trainer.accelerator, devices=spec.trainer.devices, strategy=spec.trainer.strategy,
+            precision=trainer_precision(spec),
             max_epochs=1, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
             enable_progress_bar=spec.trainer.progress, enable_model_summary=False, num_sanity_val_steps=0,
             limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(job_dir),
+            # Each rank draws its own batches (RandomWindows is rank-aware): no sampler splitting
+            # the steps between ranks.
+            use_distributed_sampler=False,
         )
         start = time.perf_counter()
         trainer.fit(module, datamodule=data)
         train_s = time.perf_counter() - start
 
         steps_done = module.step
-        tokens_this_process = (steps_done - data.start_step) * spec.data.batch_size * spec.data.seq_len
-        tokens = steps_done * spec.data.batch_size * spec.data.seq_len
+        per_step = spec.data.batch_size * spec.data.seq_len * trainer.world_size
+        tokens_this_process = (steps_done - data.start_step) * per_step
+        tokens = steps_done * per_step
         n_matmul = matmul_params(module.model)
-        record["tokens"] = {"train": tokens, "per_step": spec.data.batch_size * spec.data.seq_len,
+        record["tokens"] = {"train": tokens, "per_step": per_step, "world_size": trainer.world_size,
                             "val_final": sum(y.numel() for _, y in data.eval_batches())}
         record["timing"] = {"train_s": train_s, "tokens_per_s": tokens_this_process / train_s if train_s > 0 else None,
                             "flops_per_token": flops_per_token(spec.model, n_matmul, spec.data.seq_len),
@@ -192,21 +198,35 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
             autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
             results.update(final_evaluation(module.model, spec.bits, spec.quant, data.eval_batches(),
                                             data.bits_per_byte, autocast))
-            history.write_row(trainer, spec.trainer.steps, {
+            history.write_row(trainer, spec.trainer.steps, {  # (a no-op off rank 0)
                 "val_loss": results["val_loss"], "val_bpb": results["val_bpb"],
                 "grid_distance": results["grid_distance_final"]})
             record["status"] = "completed" if results["finite"] else "diverged"
         results["grid_bits"] = grid_bits_for(spec.bits, spec.quant)
         record["results"] = results
-        checkpoint.discard()  # the run is over; the record holds what matters
+        if trainer.is_global_zero:
+            checkpoint.discard()  # the run is over; the record holds what matters
     finally:
         history.close()
         finish_loggers(loggers)
 
 
+def is_global_zero() -> bool:
+    """False in the extra processes of a multi-device run: they train, rank 0 alone records."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
 def run_job(cfg: DictConfig) -> dict[str, Any]:
     """Hydra's task function: run one job and leave its run record in the job dir."""
     quiet_lightning()
+    if not is_global_zero():
+        # A DDP worker process: train in lockstep with rank 0, write nothing.
+        spec = build_spec(cfg)
+        ident = job_identity()
+        train(spec, cfg, ident, new_record(spec, ident, cfg), write=False)
+        return {}
     ident = job_identity()
     job_dir = Path(ident["job_dir"])
     done = runs.completed_record(job_dir)

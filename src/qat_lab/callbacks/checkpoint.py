@@ -39,7 +39,7 @@ class StepCheckpoint(L.Callback):
         torch.set_rng_state(self.resume["torch_rng"])
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.every and pl_module.step % self.every == 0 and pl_module.diverged_at is None:
+        if self.every and pl_module.step % self.every == 0 and pl_module.diverged_at is None and trainer.is_global_zero:
             self.save(pl_module)
 
     def save(self, pl_module) -> None:

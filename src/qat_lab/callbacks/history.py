@@ -30,6 +30,8 @@ class MetricsHistory(L.Callback):
         self.columns: list[str] = []
 
     def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # one history per run, whatever the number of devices
+            return
         lr_columns = [f"lr/{name}" for name in pl_module.lr_group_names()]
         self.columns = ["step", "train_loss", *lr_columns, *MEASURED_COLUMNS]
         kept = []

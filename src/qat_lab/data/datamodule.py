@@ -33,16 +33,21 @@ UNIGRAM_TOKENS = 1 << 26
 
 
 class RandomWindows(Dataset):
-    """Item i is a whole batch (x, y) of random windows; one item per optimiser step."""
+    """Item i is a whole batch (x, y) of random windows; one item per optimiser step.
 
-    def __init__(self, tokens: np.ndarray, steps: int, batch_size: int, seq_len: int, seed: int):
+    Under data parallelism every rank reads its own item i (seeded by (seed, i, rank)), so a step
+    sees devices x batch_size sequences; rank 0 draws exactly what a single-device run draws.
+    """
+
+    def __init__(self, tokens: np.ndarray, steps: int, batch_size: int, seq_len: int, seed: int, rank: int = 0):
         self.tokens, self.steps, self.batch_size, self.seq_len, self.seed = tokens, steps, batch_size, seq_len, seed
+        self.rank = rank
 
     def __len__(self) -> int:
         return self.steps
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.seed, i])
+        rng = np.random.default_rng([self.seed, i] if self.rank == 0 else [self.seed, i, self.rank])
         starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
         windows = np.stack([self.tokens[s : s + self.seq_len + 1] for s in starts]).astype(np.int64)
         w = torch.from_numpy(windows)
@@ -237,7 +242,8 @@ class LMDataModule(L.LightningDataModule):
         return lambda loss_nats: loss_nats / math.log(2) / (n_bytes / n_targets)
 
     def train_dataloader(self) -> DataLoader:
-        ds = RandomWindows(self.train_tokens, self.steps, self.cfg.batch_size, self.cfg.seq_len, self.seed)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        ds = RandomWindows(self.train_tokens, self.steps, self.cfg.batch_size, self.cfg.seq_len, self.seed, rank)
         if self.start_step:  # resuming: batch t depends only on (seed, t), so skip the done ones
             ds = Subset(ds, range(self.start_step, self.steps))
         # batch_size=None: each dataset item already is a batch. No workers: slicing is microseconds.
