@@ -48,11 +48,15 @@ def job_identity() -> dict[str, Any]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     job_dir = Path(hc.runtime.output_dir)
-    sweep_dir = Path(hc.sweep.dir) if multirun else job_dir
-    name = hc.job.override_dirname or "default"
+    return identity(job_dir, Path(hc.sweep.dir) if multirun else job_dir, hc.job.override_dirname,
+                    hc.job.num if multirun else 0)
+
+
+def identity(job_dir: Path, sweep_dir: Path, override_dirname: str, job_num: int) -> dict[str, Any]:
+    name = override_dirname or "default"
     return {
         "job_dir": str(job_dir), "sweep_dir": str(sweep_dir), "sweep_id": sweep_dir.name,
-        "job_name": name, "job_num": hc.job.num if multirun else 0,
+        "job_name": name, "job_num": job_num,
         # Deterministic from the sweep dir and the job's overrides: a requeued or re-run job
         # logs to the same W&B run id.
         "wandb_id": hashlib.sha1(f"{sweep_dir.resolve()}|{name}".encode()).hexdigest()[:16],
@@ -111,6 +115,13 @@ def new_record(spec: RunSpec, ident: dict[str, Any], cfg: DictConfig) -> dict[st
         "slurm": {k: os.environ.get(f"SLURM_{k.upper()}") for k in ("job_id", "array_job_id", "array_task_id",
                                                                       "restart_count", "job_nodelist")},
     }
+
+
+def never_started_record(cfg: DictConfig, ident: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The record of a job that was killed before it could write one (e.g. by Slurm)."""
+    record = new_record(build_spec(cfg), ident, cfg)
+    record.update(status="failed", error=reason, finished_at=_now())
+    return record
 
 
 def quiet_lightning() -> None:

@@ -21,7 +21,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _HydraSlurmLauncher
 from omegaconf import OmegaConf
 
-from qat_lab.runs import mark_unfinished_failed
+from qat_lab.runs import mark_unfinished_failed, write_record
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,16 @@ class SlurmLauncher(_HydraSlurmLauncher):
                      if k not in ("submitit_folder", "max_num_timeout")}
         executor.update_parameters(**resources)
         return executor
+
+    def _record_never_started(self, sweep_dir: Path, overrides: list[str], job_num: int, reason: str) -> None:
+        """A job killed before it wrote a record still gets one, so nothing goes missing silently."""
+        from qat_lab.train import identity, never_started_record
+
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        name = str(cfg.hydra.job.override_dirname)
+        job_dir = sweep_dir / str(cfg.hydra.sweep.subdir)
+        task_cfg = OmegaConf.create({k: v for k, v in cfg.items() if k != "hydra"})
+        write_record(job_dir, never_started_record(task_cfg, identity(job_dir, sweep_dir, name, job_num), reason))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import UncompletedJobError
@@ -62,7 +72,8 @@ class SlurmLauncher(_HydraSlurmLauncher):
                 reason = f"{type(ret._return_value).__name__}: {ret._return_value}"
             except UncompletedJobError as e:  # killed: no result at all
                 reason = f"killed by Slurm (job {job.job_id}, state {job.state}): {str(e).splitlines()[0]}"
-                mark_unfinished_failed(sweep_dir, job_num, reason)
+                if mark_unfinished_failed(sweep_dir, job_num, reason) is None:
+                    self._record_never_started(sweep_dir, overrides, job_num, reason)
             print(f"[{job_num}] {','.join(overrides)}: FAILED, {reason}", flush=True)
             # A completed JobReturn with no value: the sweeper goes on; the record says failed.
             returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None))
