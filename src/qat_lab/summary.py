@@ -39,15 +39,23 @@ def _pair_key(axes: dict[str, Any]) -> tuple:
     return tuple(sorted((k, v) for k, v in axes.items() if k != "bits"))
 
 
+def fp_partners(records: list[dict]) -> list[int | None]:
+    """Index of each record's completed bits=16 partner (equal on every other axis), or None.
+
+    The project's one pairing rule: the penalties below and qat_lab.analysis (penalties, grid
+    distance ratios) both pair through it.
+    """
+    fp = {_pair_key(r["axes"]): i for i, r in enumerate(records)
+          if r["axes"]["bits"] == FP_BITS and r["status"] == "completed"}
+    return [fp.get(_pair_key(r["axes"])) for r in records]
+
+
 def penalties(records: list[dict]) -> list[float | None]:
     """Penalty of each record against its bits=16 partner (same everything else), or None."""
-    fp = {_pair_key(r["axes"]): r["results"]["val_loss"] for r in records
-          if r["axes"]["bits"] == FP_BITS and r["status"] == "completed"}
     out = []
-    for r in records:
-        base = fp.get(_pair_key(r["axes"]))
-        ok = r["status"] == "completed" and base is not None
-        out.append(r["results"]["val_loss"] - base if ok else None)
+    for r, j in zip(records, fp_partners(records)):
+        ok = r["status"] == "completed" and j is not None
+        out.append(r["results"]["val_loss"] - records[j]["results"]["val_loss"] if ok else None)
     return out
 
 

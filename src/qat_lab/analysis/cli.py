@@ -1,0 +1,97 @@
+"""Console entry point `qatlab-analyze`.
+
+    qatlab-analyze multirun_outputs/<sweep> [more sweep dirs ...] --out report/
+    qatlab-analyze --wandb ENTITY/PROJECT --group <sweep-id> --out report/
+
+Bad input (a path that does not exist, no records, no source at all) is one line
+`qatlab-analyze: error: ...` and exit status 2, like `qatlab`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy loads: the analysis does thousands of tiny linear-algebra calls (L-BFGS-B, OLS),
+# for which OpenBLAS worker threads only spin and fight for the cores; on a shared 2-core machine
+# they made the annealing fits 15x slower. One thread is the fast setting here.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+DEFAULT_LAMBDAS = (0.9, 0.95, 0.99, 0.995, 0.999)
+"""The annealing law's lambda grid (annealing_law.DEFAULT_LAMBDAS; repeated so that parsing the
+command line does not load numpy before the thread setting above; a test keeps them equal)."""
+
+PROG = "qatlab-analyze"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not argparse's usage block
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Tables, paired tests, scaling-law fits and plots from qatlab sweeps "
+                                       "(docs/analysis.md).")
+    p.add_argument("sweeps", nargs="*", help="sweep dirs (or dirs of sweeps, or job dirs) holding run.json records")
+    p.add_argument("--out", default="report", help="output dir for report.md, CSVs, fits.json, PNGs (default: report)")
+    p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="pull runs from W&B instead of local records")
+    p.add_argument("--group", help="W&B group to pull (the sweep id); required with --wandb")
+    p.add_argument("--holdout-sizes", nargs="+", default=[], metavar="SIZE",
+                   help="sizes left out of the penalty-law fit and predicted: model names or counts (5M, 1.2e7)")
+    p.add_argument("--law-points", choices=("means", "seeds"), default="means",
+                   help="penalty-law fit points: per-size seed means (default) or seed-level points")
+    p.add_argument("--anneal-fit-warmdowns", nargs="+", type=float, metavar="F",
+                   help="warmdowns whose loss curves the annealing law is fitted on (default: the smallest and "
+                        "largest of each cell; the smallest if it has two)")
+    p.add_argument("--anneal-lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS), metavar="L",
+                   help=f"lambda grid of the annealing law (default: {' '.join(map(str, DEFAULT_LAMBDAS))})")
+    p.add_argument("--no-anneal", action="store_true", help="skip the annealing-law fits")
+    p.add_argument("--max-plots", type=int, default=1,
+                   help="figures per kind (default 1, each up to 6 panels or 3 annealing cells); "
+                        "the tables hold everything")
+    p.add_argument("--to-wandb", action="store_true", help="also log the report to W&B as an analysis run")
+    p.add_argument("--wandb-project", default="qat_lab", help="project of the --to-wandb run (default qat_lab)")
+    p.add_argument("--wandb-mode", choices=("offline", "online"), default="offline",
+                   help="mode of the --to-wandb run (default offline; `wandb sync` uploads it later)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    args = p.parse_args(argv)
+    if bool(args.sweeps) == bool(args.wandb):
+        p.error("give sweep dirs or --wandb ENTITY/PROJECT --group ID (one of the two)")
+    if args.wandb and not args.group:
+        p.error("--wandb needs --group <sweep-id>")
+    if any(not 0 < lam < 1 for lam in args.anneal_lambdas):
+        p.error("--anneal-lambdas must lie in (0, 1)")
+    if args.max_plots < 0:
+        p.error("--max-plots must be >= 0")
+
+    from qat_lab.analysis import load, pipeline, report
+
+    try:
+        runset = load.load_wandb(args.wandb, args.group) if args.wandb else load.load_local(args.sweeps)
+        options = pipeline.Options(holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
+                                   anneal_fit_warmdowns=args.anneal_fit_warmdowns,
+                                   anneal_lambdas=tuple(args.anneal_lambdas), max_plots=args.max_plots)
+        analysis = pipeline.analyse(runset, options)
+    except load.AnalysisInputError as e:
+        p.error(str(e))
+    path = report.write_report(analysis, args.out, [PROG, *argv])
+    cov = analysis.coverage
+    print(f"{len(analysis.table)} runs ({cov.n_used} used, {len(cov.excluded)} left out, "
+          f"{len(cov.missing)} grid points missing, {len(runset.problems)} unreadable) -> {path}")
+    if args.to_wandb:
+        from qat_lab.analysis.wandb_export import export
+
+        run_id = export(analysis, path.parent, project=args.wandb_project, mode=args.wandb_mode)
+        print(f"W&B analysis run {run_id} ({args.wandb_mode})")
+
+
+if __name__ == "__main__":
+    main()
