@@ -19,22 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from qat_lab.errors import ConfigError
+from qat_lab.quant.bits import FP_BITS, validate_bits
 
-FP_BITS = 16
-"""bits=16 is the unquantised baseline ("FP16": fp32 masters, bf16 autocast on GPU)."""
 TINY_SCALE = 1e-8
 """Scale floor for all-zero groups (the zero-initialised output projections at step 0)."""
-
-
-def validate_bits(bits: object, key: str = "bits") -> int:
-    """Return bits as an int if it is 2..8 or 16, else raise a one-line ConfigError."""
-    if (isinstance(bits, bool) or not isinstance(bits, (int, float)) or not math.isfinite(bits)
-            or float(bits) != int(bits)):
-        raise ConfigError(f"{key}={bits} is not valid: use an integer in 2..8, or 16 for no quantisation")
-    b = int(bits)
-    if b != FP_BITS and not 2 <= b <= 8:
-        raise ConfigError(f"{key}={b} is not valid: use an integer in 2..8, or 16 for no quantisation")
-    return b
 
 
 @dataclass
