@@ -143,6 +143,9 @@ class TrainerConfig:
     """Clip the global gradient norm to this value; None = no clipping."""
     progress: bool = False
     """Show Lightning's progress bar."""
+    compile: bool = False
+    """torch.compile the model (nn.Module.compile: same parameters and state_dict). Pays on GPUs for
+    long runs; on CPU and for short runs the compile time usually costs more than it saves."""
 
     def __post_init__(self) -> None:
         if self.tokens_per_param is not None and not self.tokens_per_param > 0:

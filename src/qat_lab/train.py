@@ -143,6 +143,8 @@ def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[st
     data.setup()
     record["data"] = data.describe()
     module = QATLanguageModel(spec, data.vocab_size)
+    if spec.trainer.compile:
+        module.model.compile()  # in place: parameters, tying and routing stay the same objects
     record["params"] = module.parameter_counts()
     record["params"]["quantised_matrices"] = module.quantised
 
