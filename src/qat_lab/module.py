@@ -59,14 +59,19 @@ class QATLanguageModel(L.LightningModule):
         apply_step_hparams(opts, self.step, multiplier)
         self.last_lrs = {g["group"]: g["lr"] for opt in opts for g in opt.param_groups}
 
-        loss = lm_loss(self.model(x), y)
-        self.manual_backward(loss)
-        if self.spec.trainer.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.trainer.grad_clip)
-        for opt in opts:
-            opt.step()
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
+        if getattr(opts[0], "needs_batch", False):
+            # iEF / EF / SF (qat_lab.optim.ief): per-sample gradients of this batch, no backward
+            # here; the returned loss is the mean token loss, as below.
+            loss = opts[0].natural_step(x, y)
+        else:
+            loss = lm_loss(self.model(x), y)
+            self.manual_backward(loss)
+            if self.spec.trainer.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.trainer.grad_clip)
+            for opt in opts:
+                opt.step()
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
         self.last_loss = float(loss.detach())
         self.step += 1
         return loss.detach()

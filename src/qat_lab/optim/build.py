@@ -17,7 +17,8 @@ import torch.nn as nn
 from torch.optim import Optimizer
 
 from qat_lab.errors import ConfigError
-from qat_lab.optim.config import AdamWConfig, MuonConfig
+from qat_lab.optim.config import AdamWConfig, IEFConfig, MuonConfig
+from qat_lab.optim.ief import NaturalGradient
 from qat_lab.optim.routing import NamedParams, route_parameters
 
 Builder = Callable[[nn.Module, Any, float], list[Optimizer]]
@@ -94,17 +95,28 @@ def build_adamw(model: nn.Module, cfg: AdamWConfig, lr_mult: float) -> list[Opti
     return [torch.optim.AdamW(groups, lr=cfg.lr * lr_mult, betas=cfg.betas, eps=cfg.eps, fused=False)]
 
 
+def build_ief(model: nn.Module, cfg: IEFConfig, lr_mult: float) -> list[Optimizer]:
+    """One NaturalGradient (iEF, EF or SF: cfg.name) over every trainable parameter, embedding
+    and head included: the natural-gradient step is one direction in the whole parameter space, so
+    it has one group, "<mode>/all" (e.g. "ief/all"), at base_lr = cfg.lr x lr_mult."""
+    _check_config(cfg, IEFConfig)
+    routes = route_parameters(model)  # the coverage check: every trainable parameter exactly once
+    params = [named for _, route in routes.items() for named in route]
+    return [NaturalGradient(model, [_group(f"{cfg.name}/all", params, cfg.lr, lr_mult)], cfg)]
+
+
 OPTIMIZERS: dict[str, Builder] = {
     "muon": build_muon,
     "adamw": build_adamw,
-    # "ief": build_ief — a later issue adds iEF / EF / SF (METHOD section 5). It must follow the
-    # same contract: route with route_parameters, name every group ("ief/<route>"), set base_lr
-    # via _group, and keep any per-step state in the group dict for apply_step_hparams.
+    # iEF / EF / SF (METHOD section 5; qat_lab.optim.ief): one config class, three modes.
+    "ief": build_ief,
+    "ef": build_ief,
+    "sf": build_ief,
 }
 """optim.name -> builder(model, cfg, lr_mult) -> list of optimisers."""
 
 
-def build_optimizers(model: nn.Module, cfg: MuonConfig | AdamWConfig, lr_mult: float) -> list[Optimizer]:
+def build_optimizers(model: nn.Module, cfg: MuonConfig | AdamWConfig | IEFConfig, lr_mult: float) -> list[Optimizer]:
     """The optimisers of a run, every group named and with base_lr = configured LR x lr_mult."""
     if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or not lr_mult > 0:
         raise ConfigError(f"lr_mult={lr_mult} must be positive")

@@ -163,15 +163,83 @@ class AdamWConfig:
         self.betas = check_betas("betas", self.betas)
 
 
+NATURAL_GRADIENT_MODES = ("ief", "ef", "sf")
+"""The natural-gradient family (qat_lab.optim.ief): improved EF, empirical Fisher, sampled Fisher."""
+DAMPING_REFS = ("mean", "max")
+JACOBIAN_MODES = ("store", "recompute")
+PER_SAMPLE_LOSSES = ("sum", "mean")
+IEF_DEFAULT_LR = {"ief": 0.3, "ef": 1.0, "sf": 0.3}
+"""Default base LR per mode (docs/ief.md, "Defaults"): iEF's exact step, EF/SF's normalised step length."""
+
+
+@dataclass
+class IEFConfig:
+    """iEF / EF / SF natural-gradient descent on every trainable parameter (METHOD section 5;
+    Wu, Yu, Zhang, Woodland, NeurIPS 2024). See qat_lab.optim.ief and docs/ief.md.
+
+    With J the N x P per-sample gradient matrix of the batch (a sample is a sequence) and
+    G = J J^T, one step is theta <- theta - lr * dtheta with
+        iEF: dtheta = J^T (G + lambda I)^-1 s,   s_n = sum_t ||softmax(z_t) - onehot(y_t)||^2
+        EF:  dtheta = J^T (G + lambda I)^-1 1
+        SF:  dtheta = (F_s + lambda I)^-1 g,     F_s from labels sampled from the model, g = J^T 1
+    lambda = damping_rel * (mean or max of diag G). The exact method has no momentum and no
+    weight decay, so this config has neither. `lr` is a base LR like any other: lr_mult and the
+    schedule scale it, so warmdown sweeps work unchanged. trainer.grad_clip does not apply (there
+    is no gradient to clip); `clip_norm` caps the step instead.
+    """
+
+    name: str = "ief"
+    """'ief', 'ef' or 'sf' (recorded as the `optim` sweep axis)."""
+    lr: float | None = None
+    """Base LR (before lr_mult and the schedule); None = the mode's default in IEF_DEFAULT_LR."""
+    damping_rel: float = 1e-3
+    """Damping lambda relative to the Gram scale: lambda = damping_rel * ref(diag(J J^T))."""
+    damping_ref: str = "mean"
+    """Gram scale that damping_rel multiplies: 'mean' or 'max' of diag(J J^T) (per-sample ||grad||^2)."""
+    per_sample_loss: str = "sum"
+    """l_n is the 'sum' (METHOD) or the 'mean' of the sequence's token losses; 'mean' divides iEF's step by seq_len."""
+    normalize_update: bool | None = None
+    """Rescale dtheta to unit L2 norm, so lr is the step length; None = the paper: false for iEF, true for EF/SF."""
+    clip_norm: float | None = None
+    """Cap on the step length ||lr * dtheta|| (all parameters together); None = no cap (the exact method)."""
+    sf_samples: int = 1
+    """SF only: labels sampled per token from the model's predictive distribution (Monte Carlo samples)."""
+    chunk_size: int | None = None
+    """Sequences per torch.func.vmap call (bounds activation memory); None = the largest that fits memory_budget_mb."""
+    jacobian: str = "store"
+    """'store': keep J (N x P) for the Gram and J^T w; 'recompute': hold two chunks, recompute chunk pairs."""
+    memory_budget_mb: float = 4096.0
+    """A step whose estimated memory (docs/ief.md) exceeds this fails before training with a ConfigError."""
+
+    def __post_init__(self) -> None:
+        if self.name not in NATURAL_GRADIENT_MODES:
+            raise ConfigError(f"optim.name={self.name} does not match the IEFConfig config "
+                              f"(expected one of {', '.join(NATURAL_GRADIENT_MODES)})")
+        self.lr = IEF_DEFAULT_LR[self.name] if self.lr is None else self.lr
+        check_positive("lr", self.lr)
+        check_positive("damping_rel", self.damping_rel)
+        for key, allowed in (("damping_ref", DAMPING_REFS), ("jacobian", JACOBIAN_MODES),
+                             ("per_sample_loss", PER_SAMPLE_LOSSES)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"optim.{key}={getattr(self, key)} is not one of {', '.join(allowed)}")
+        if self.normalize_update is None:
+            self.normalize_update = self.name != "ief"
+        check_bool("normalize_update", self.normalize_update)
+        if self.clip_norm is not None:
+            check_positive("clip_norm", self.clip_norm)
+        check_int("sf_samples", self.sf_samples, 1)
+        if self.chunk_size is not None:
+            check_int("chunk_size", self.chunk_size, 1)
+        check_positive("memory_budget_mb", self.memory_budget_mb)
+
+
 # --- registry of config classes, keyed by `optim.name` --------------------------------------------
-# A later issue adds iEF / EF / SF (METHOD section 5): define IEFConfig above (name "ief", its
-# own damping / LR keys, validated the same way), register it here, and register its builder in
-# qat_lab.optim.build.OPTIMIZERS under the same name.
-CONFIGS: dict[str, type] = {"muon": MuonConfig, "adamw": AdamWConfig}
+CONFIGS: dict[str, type] = {"muon": MuonConfig, "adamw": AdamWConfig,
+                            **{mode: IEFConfig for mode in NATURAL_GRADIENT_MODES}}
 """optim.name -> config dataclass."""
 
 
-def optim_config(values: dict[str, Any]) -> MuonConfig | AdamWConfig:
+def optim_config(values: dict[str, Any]) -> MuonConfig | AdamWConfig | IEFConfig:
     """Build the config named by values["name"] (default "muon") from a plain dict (e.g. Hydra's).
 
     Unknown names and keys become one-line ConfigErrors instead of a TypeError from the dataclass.
