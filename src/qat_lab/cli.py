@@ -78,7 +78,25 @@ def _missing_config_line(e: MissingConfigException, overrides: list[str]) -> str
 def validate_job(cfg: DictConfig):
     from qat_lab.config import build_spec
 
-    return build_spec(cfg)
+    spec = build_spec(cfg)
+    _check_step_memory(spec)
+    return spec
+
+
+def _check_step_memory(spec) -> None:
+    """Natural-gradient optimisers: a batch whose per-sample Jacobian would not fit
+    optim.memory_budget_mb is a ConfigError now, not an out-of-memory kill mid-sweep. The model
+    is built on the meta device (no memory, no time); the estimate is docs/ief.md's."""
+    from qat_lab.optim.config import IEFConfig
+
+    if not isinstance(spec.optim, IEFConfig):
+        return
+    from qat_lab.models.gpt import GPT
+    from qat_lab.optim import build_optimizers
+
+    with torch.device("meta"):
+        model = GPT(spec.model, spec.data.vocab_size or 256)
+    build_optimizers(model, spec.optim, spec.lr_mult)[0].plan_chunk(spec.data.batch_size, spec.data.seq_len)
 
 
 @contextmanager
@@ -155,7 +173,11 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
 def _hydra_main(cfg: DictConfig) -> None:
     from qat_lab.train import run_job
 
-    run_job(cfg)
+    LAST_RUN["status"] = run_job(cfg).get("status")
+
+
+LAST_RUN: dict[str, str | None] = {}
+"""Status of the job a single (non-multirun) invocation ran; a failed job makes the exit non-zero."""
 
 
 def _user_overrides(argv: list[str]) -> list[str] | None:
@@ -186,7 +208,8 @@ def main() -> None:
     _hydra_main()
     from qat_lab.summary import LAST_SWEEP
 
-    if LAST_SWEEP.get("counts", {}).get("failed") or LAST_SWEEP.get("counts", {}).get("interrupted"):
+    counts = LAST_SWEEP.get("counts", {})
+    if counts.get("failed") or counts.get("interrupted") or LAST_RUN.get("status") in ("failed", "interrupted"):
         sys.exit(1)
 
 

@@ -43,3 +43,17 @@ def test_dry_run_lists_the_grid_and_launches_nothing(cli, tmp_path):
     assert result.stdout.splitlines()[0] == "720 jobs"
     assert "H100-hours" in result.stdout
     assert not (tmp_path / "sweep").exists()
+
+
+def test_a_single_job_that_fails_while_running_exits_nonzero_with_its_record(cli, tmp_path):
+    """Failures only the job itself can see (here: a corpus shorter than one sequence) are recorded,
+    and a single run reports them through its exit code like a sweep does."""
+    from qat_lab.runs import read_record
+
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text("far too short to train on\n")
+    result = cli("data=text", f"data.path={corpus}", "experiment=smoke", "hydra.run.dir=run")
+    assert result.returncode == 1, result.stderr[-3000:]
+    r = read_record(tmp_path / "run")
+    assert r["status"] == "failed"
+    assert r["error"].startswith("DataError: corpus text:tiny.txt has only")
