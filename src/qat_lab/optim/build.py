@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from qat_lab.errors import ConfigError
 from qat_lab.optim.config import AdamWConfig, IEFConfig, MuonConfig
 from qat_lab.optim.ief import NaturalGradient
+from qat_lab.optim.muon import Muon
 from qat_lab.optim.routing import NamedParams, route_parameters
 
 Builder = Callable[[nn.Module, Any, float], list[Optimizer]]
@@ -41,7 +42,8 @@ def _check_config(cfg: Any, cls: type) -> None:
 
 
 def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimizer]:
-    """torch.optim.Muon on the hidden matrices, AdamW on embedding, head and 1-D tensors."""
+    """Muon (torch.optim.Muon's update, qat_lab.optim.muon) on the hidden matrices, AdamW on
+    embedding, head and 1-D tensors."""
     _check_config(cfg, MuonConfig)
     routes = route_parameters(model)
     optimizers: list[Optimizer] = []
@@ -59,7 +61,7 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
         ),
     ])
     if muon_groups:
-        optimizers.append(torch.optim.Muon(
+        optimizers.append(Muon(
             muon_groups,
             lr=cfg.matrix_lr * lr_mult,
             weight_decay=cfg.weight_decay,  # explicit: torch's default 0.1 would silently decay
@@ -67,6 +69,7 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
             nesterov=cfg.nesterov,
             ns_steps=cfg.ns_steps,
             adjust_lr_fn=cfg.adjust_lr_fn,
+            ns_dtype=cfg.ns_dtype,
         ))
 
     adam_groups = _non_empty([

@@ -16,6 +16,8 @@ from qat_lab.errors import ConfigError
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 """torch.optim.Muon's update-scale rules: Keller Jordan's sqrt(max(1, A/B)), or Moonshot's 0.2*sqrt(max(A, B))."""
+NS_DTYPES = ("auto", "bfloat16", "float32")
+"""Muon's Newton-Schulz precision (qat_lab.optim.muon): 'auto' = bfloat16 on accelerators, float32 on CPU."""
 
 
 # --- small validators: each names the key as the user would override it -------------------------
@@ -96,6 +98,8 @@ class MuonConfig:
     """Nesterov-style momentum in Muon."""
     ns_steps: int = 5
     """Newton-Schulz iterations used to orthogonalise the update."""
+    ns_dtype: str = "auto"
+    """Newton-Schulz precision: 'auto' (bfloat16 on GPU as torch does, float32 on CPU, where bfloat16 is emulated and ~40x slower), 'bfloat16' or 'float32'."""
     weight_decay: float = 0.0
     """Muon decoupled weight decay on the matrices; set here because torch's Muon default is 0.1."""
     adjust_lr_fn: str = "original"
@@ -121,6 +125,8 @@ class MuonConfig:
         check_non_negative("adam_weight_decay", self.adam_weight_decay)
         if self.adjust_lr_fn not in ADJUST_LR_FNS:
             raise ConfigError(f"optim.adjust_lr_fn={self.adjust_lr_fn} is not one of {', '.join(ADJUST_LR_FNS)}")
+        if self.ns_dtype not in NS_DTYPES:
+            raise ConfigError(f"optim.ns_dtype={self.ns_dtype} is not one of {', '.join(NS_DTYPES)}")
         self.adam_betas = check_betas("adam_betas", self.adam_betas)
 
 
