@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-plots", type=int, default=1,
                    help="figures per kind (default 1, each up to 6 panels or 3 annealing cells); "
                         "the tables hold everything")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes for the annealing fits and figures (default: the available cores, at most 8; "
+                        "W&B inputs use 1); the report is the same for any number")
     p.add_argument("--to-wandb", action="store_true", help="also log the report to W&B as an analysis run")
     p.add_argument("--wandb-project", default="qat_lab", help="project of the --to-wandb run (default qat_lab)")
     p.add_argument("--wandb-mode", choices=("offline", "online"), default="offline",
@@ -71,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error("--anneal-lambdas must lie in (0, 1)")
     if args.max_plots < 0:
         p.error("--max-plots must be >= 0")
+    if args.workers is not None and args.workers < 1:
+        p.error("--workers must be >= 1")
 
     from qat_lab.analysis import load, pipeline, report
 
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         runset = load.load_wandb(args.wandb, args.group) if args.wandb else load.load_local(args.sweeps)
         options = pipeline.Options(holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
                                    anneal_fit_warmdowns=args.anneal_fit_warmdowns,
-                                   anneal_lambdas=tuple(args.anneal_lambdas), max_plots=args.max_plots)
+                                   anneal_lambdas=tuple(args.anneal_lambdas), max_plots=args.max_plots,
+                                   workers=args.workers)
         analysis = pipeline.analyse(runset, options)
     except load.AnalysisInputError as e:
         p.error(str(e))

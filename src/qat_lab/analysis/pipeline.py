@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from qat_lab.analysis import annealing_law, cells as cells_mod, comparisons, coverage as coverage_mod
-from qat_lab.analysis import grid_ratio, penalty_law
+from qat_lab.analysis import grid_ratio, parallel, penalty_law
 from qat_lab.analysis.cells import CELL_ID
 from qat_lab.analysis.load import AnalysisInputError, RunSet, axis_names, runs_table
 
@@ -28,6 +28,9 @@ class Options:
     anneal_fit_warmdowns: list[float] | None = None
     """Warmdowns whose curves the annealing law is fitted on (default: see annealing_law.default_fit_warmdowns)."""
     anneal_lambdas: tuple[float, ...] = annealing_law.DEFAULT_LAMBDAS
+    workers: int | None = None
+    """Processes for the annealing fits and the figures; None = the available cores (at most 8).
+    W&B run sets use one: their histories are fetched over the network, once, in this process."""
     max_plots: int = 1
     """Figures per kind (each up to 6 panels; annealing: 3 cells per figure). The tables and
     fits.json always hold everything; the report says what the figures leave out."""
@@ -67,26 +70,52 @@ class Analysis:
         return [a for a in self.shown if a != "bits"]
 
 
+def workers_for(runset: RunSet, options: Options) -> int:
+    """Processes for the annealing fits and the figures (see Options.workers)."""
+    if any(inp.startswith("wandb:") for inp in runset.inputs):
+        return 1
+    return options.workers if options.workers is not None else parallel.default_workers()
+
+
+def with_problems(runset: RunSet, fn, *args):
+    """(fn(*args), the unreadable-history lines it added): a worker process's additions to
+    runset.problems would otherwise stay in the worker."""
+    before = len(runset.problems)
+    result = fn(*args)
+    return result, runset.problems[before:]
+
+
+def merge_problems(runset: RunSet, lines: list[str]) -> None:
+    runset.problems.extend(line for line in lines if line not in runset.problems)
+
+
+def _fit_cell(cell: str, g: pd.DataFrame, records: dict, runset: RunSet, best: float | None, options: Options):
+    """The annealing law of one cell, with notes on the runs it could not use."""
+    curves, notes = annealing_law.cell_curves(g, records, runset.history)
+    if not curves:
+        return None, notes + [f"{cell}: no complete loss curve, no annealing fit"]
+    first = records[g["run_id"].iloc[0]]
+    return annealing_law.fit_cell(
+        cell, curves, annealing_law.schedule_of(first), int(g["steps"].iloc[0]),
+        float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, best,
+        options.anneal_fit_warmdowns, options.anneal_lambdas), notes
+
+
 def annealing_laws(table: pd.DataFrame, optima: pd.DataFrame, runset: RunSet, options: Options
                    ) -> tuple[list[annealing_law.CellLaw], list[str]]:
     records = {run.run_id: run.record for run in runset.runs}
     best = optima.set_index(CELL_ID)["best_warmdown"].to_dict() if len(optima) else {}
-    out, notes = [], []
     groups = dict(list(table[table["used"]].groupby(CELL_ID, sort=False)))
     # Every cell with a used run has an optimum; optima are in the cells' readable order (models
-    # by size), which the annealing tables and figures then follow too.
-    for cell in (optima[CELL_ID].tolist() if len(optima) else []):
-        g = groups[cell]
-        curves, missing = annealing_law.cell_curves(g, records, runset.history)
-        notes.extend(missing)
-        if not curves:
-            notes.append(f"{cell}: no complete loss curve, no annealing fit")
-            continue
-        first = records[g["run_id"].iloc[0]]
-        out.append(annealing_law.fit_cell(
-            cell, curves, annealing_law.schedule_of(first), int(g["steps"].iloc[0]),
-            float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, best.get(cell),
-            options.anneal_fit_warmdowns, options.anneal_lambdas))
+    # by size), which the annealing tables and figures then follow too. One task per cell.
+    tasks = [(with_problems, (runset, _fit_cell, cell, groups[cell], records, runset, best.get(cell), options))
+             for cell in (optima[CELL_ID].tolist() if len(optima) else [])]
+    out, notes = [], []
+    for (law, cell_notes), problems in parallel.fork_map(tasks, workers_for(runset, options)):
+        merge_problems(runset, problems)
+        notes.extend(cell_notes)
+        if law is not None:
+            out.append(law)
     return out, notes
 
 

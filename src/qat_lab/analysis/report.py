@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qat_lab.analysis import plots
+from qat_lab.analysis import parallel, plots
 from qat_lab.analysis.cells import CELL_ID, fmt_value
-from qat_lab.analysis.pipeline import Analysis
+from qat_lab.analysis.pipeline import Analysis, merge_problems, with_problems, workers_for
 from qat_lab.quant import FP_BITS
 
 MAX_LISTED = 50
@@ -496,19 +496,31 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
 # ------------------------------------------------------------------------------ files
 
 def make_figures(a: Analysis, out: Path) -> dict[str, plots.Drawn]:
-    figs: dict[str, plots.Drawn] = {}
+    """Every figure of the report, one task per kind, spread over the analysis's workers."""
     m = a.options.max_plots
-    if len(a.cells):
-        figs["loss_vs_warmdown"] = plots.loss_vs_warmdown(a.cells, a.group_axes, a.group_shown, out, m)
-    figs["penalty_law"] = plots.penalty_vs_size(a.laws, a.table, a.varying, out, m)
-    figs["grid_distance"] = plots.grid_distance_over_training(a.table, a.runset.history, a.group_axes, a.group_shown,
-                                                              out, m)
     fits = [cl for cl in a.cell_laws if cl.best]
-    figs["annealing"] = plots.annealing_fits(fits, out, m)
     lams = [cl.best_lam for cl in fits]
-    lr = plots.lr_curves(_distinct_traces(a), max(set(lams), key=lams.count) if lams else 0.99, out)
-    figs["lr_curves"] = plots.Drawn([lr] if lr else [], 1, 1)
+    tasks: dict[str, parallel.Task] = {}
+    # The slowest figures first, so that a worker is not left with the longest one at the end.
+    tasks["grid_distance"] = (plots.grid_distance_over_training,
+                              (a.table, a.runset.history, a.group_axes, a.group_shown, out, m))
+    tasks["annealing"] = (plots.annealing_fits, (fits, out, m))
+    if len(a.cells):
+        tasks["loss_vs_warmdown"] = (plots.loss_vs_warmdown, (a.cells, a.group_axes, a.group_shown, out, m))
+    tasks["penalty_law"] = (plots.penalty_vs_size, (a.laws, a.table, a.varying, out, m))
+    tasks["lr_curves"] = (_lr_figure, (_distinct_traces(a), max(set(lams), key=lams.count) if lams else 0.99, out))
+    results = parallel.fork_map([(with_problems, (a.runset, fn, *args)) for fn, args in tasks.values()],
+                                workers_for(a.runset, a.options))
+    figs = {}
+    for name, (drawn, problems) in zip(tasks, results):
+        merge_problems(a.runset, problems)
+        figs[name] = drawn
     return figs
+
+
+def _lr_figure(traces, lam: float, out: Path) -> plots.Drawn:
+    path = plots.lr_curves(traces, lam, out)
+    return plots.Drawn([path] if path else [], 1, 1)
 
 
 def _distinct_traces(a: Analysis, limit: int = 12) -> list[tuple[str, Any]]:
