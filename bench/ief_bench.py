@@ -24,7 +24,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -36,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bench.run import machine as bench_machine
 
 MAKE_ARGS = ["--out", "docs/benchmarks_ief.md"]
 VARIANTS = ("adamw", "ief", "ef", "sf")
@@ -213,16 +214,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 # --- reporting -----------------------------------------------------------------------------------
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {usable} usable cores; torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+    m = bench_machine()
+    return f"{m['cpu']}, {m['cores']} cores; torch {m['torch']} ({m['threads']}), Python {m['python']}"
 
 
 def table(res: dict) -> list[str]:
