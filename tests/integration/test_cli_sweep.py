@@ -89,8 +89,11 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 def test_ctrl_c_leaves_no_completed_record(tmp_path):
     run_dir = tmp_path / "run"
+    # Ctrl-C as in a terminal: a test runner started in the background inherits SIGINT ignored, and
+    # Python then installs no KeyboardInterrupt handler; restore the default for the child.
     proc = subprocess.Popen([str(BIN / "qatlab"), *TINY, "trainer.steps=100000", f"hydra.run.dir={run_dir}"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     record = run_dir / "run.json"
     deadline = time.time() + 120
     while time.time() < deadline and not (run_dir / "metrics.csv").exists():
