@@ -52,9 +52,12 @@ def test_batch_over_the_memory_budget_fails_before_any_job_starts(tmp_path):
 
 
 def test_the_suggested_recompute_mode_fits_the_same_budget_and_trains(tmp_path):
+    # Batch 8 keeps the recomputed Gram cheap (chunks of 1: 36 per-sequence passes a step).
+    small = ["optim=ief", "optim.memory_budget_mb=12", "data.batch_size=8", *TINY, "trainer.steps=4"]
+    stored = run_cli([*small, "optim.jacobian=store", f"hydra.run.dir={tmp_path / 'stored'}"], cwd=tmp_path)
+    assert stored.returncode == 2 and "optim.jacobian=recompute" in stored.stderr, stored.stderr[-3000:]
     run_dir = tmp_path / "run"
-    result = run_cli(["optim=ief", "optim.memory_budget_mb=20", "optim.jacobian=recompute", *TINY,
-                      "trainer.steps=4", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*small, "optim.jacobian=recompute", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     r = read_record(run_dir)
     assert r["status"] == "completed"
