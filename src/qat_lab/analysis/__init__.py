@@ -10,6 +10,7 @@ Modules, one job each:
     grid_ratio.py     weight-to-grid distance ratio QAT / FP16
     annealing_law.py  L = L0 + A S1^-alpha - C S2 fitted on loss curves (Tissue et al. 2024)
     pipeline.py       all of the above in order -> Analysis
+    parallel.py       annealing fits and figures in forked worker processes (--workers)
     plots.py          the figures;  report.py  report.md, CSVs, fits.json
     wandb_export.py   --to-wandb;   cli.py  the console script
 """

@@ -92,6 +92,14 @@ def image(path: Path | None, caption: str) -> list[str]:
     return [f"![{caption}]({path.name})", "", f"*{caption}*", ""] if path else []
 
 
+def figures(drawn: plots.Drawn | None, caption: str, what: str) -> list[str]:
+    """Every figure of one kind, captioned, plus the note on what it leaves out (`what`: 'panels')."""
+    if not drawn:
+        return []
+    out = [line for p in drawn.paths for line in image(p, caption)]
+    return out + ([drawn.note(what), ""] if drawn.note(what) else [])
+
+
 # ------------------------------------------------------------------------------ sections
 
 def section_what_was_run(a: Analysis) -> list[str]:
@@ -284,11 +292,9 @@ def section_cells(a: Analysis, figs: dict) -> list[str]:
     out.append("")
     head, rows = _wide(a.cells, "val_loss_mean", "val_loss_sd", "n")
     out += [md_table(head, rows), ""]
-    drawn = figs.get("loss_vs_warmdown")
-    for p in drawn.paths if drawn else []:
-        out += image(p, "Final val loss vs warmdown, one line per bit-width; error bars: seed sd; star: the optimum")
-    if drawn and drawn.note("groups of cells"):
-        out += [drawn.note("groups of cells"), ""]
+    out += figures(figs.get("loss_vs_warmdown"),
+                   "Final val loss vs warmdown, one line per bit-width; error bars: seed sd; star: the optimum",
+                   "groups of cells")
     return out
 
 
@@ -385,11 +391,9 @@ def section_penalty_law(a: Analysis, figs: dict) -> list[str]:
         out.append(f"With so few points the t quantile is large (e.g. {t_small[0]['t_crit']:.2f} at {t_small[0]['dof']} dof): "
                    "the intervals are wide, and a held-out point inside one is weak evidence.")
         out.append("")
-    drawn = figs.get("penalty_law")
-    for p in drawn.paths if drawn else []:
-        out += image(p, "Penalty vs size with the log-linear law and its 95% prediction band (one colour per bit-width)")
-    if drawn and drawn.note("panels"):
-        out += [drawn.note("panels"), ""]
+    out += figures(figs.get("penalty_law"),
+                   "Penalty vs size with the log-linear law and its 95% prediction band (one colour per bit-width)",
+                   "panels")
     return out
 
 
@@ -410,12 +414,8 @@ def section_grid(a: Analysis, figs: dict) -> list[str]:
         out += [md_table(["cell", "wd", "grid", "ratio pre-warmdown", "ratio final"], rows), ""]
     else:
         out += ["No ratio: no quantised run has an FP16 partner measured on the same grid.", ""]
-    drawn = figs.get("grid_distance")
-    for p in drawn.paths if drawn else []:
-        out += image(p, "Grid distance over training (seed mean), one line per bit-width, each on its own grid; "
-                        "dashed: warmdown starts; dotted: 0.25")
-    if drawn and drawn.note("panels"):
-        out += [drawn.note("panels"), ""]
+    out += figures(figs.get("grid_distance"), "Grid distance over training (seed mean), one line per bit-width, each on "
+                   "its own grid; dashed: warmdown starts; dotted: 0.25", "panels")
     return out
 
 
