@@ -93,7 +93,7 @@ class Loop:
         torch.manual_seed(spec.seed)
         self.spec = spec
         self.model = GPT(spec.model, vocab_size)
-        apply_qat(self.model, spec.bits, spec.quant)
+        apply_qat(self.model, spec.quant)
         self.model.train()
         self.opts = build_optimizers(self.model, spec.optim, spec.lr_mult)
         self.t = 0
@@ -234,7 +234,7 @@ def command(argv: list[str]) -> str:
 
 
 def markdown(res: dict, args: argparse.Namespace, argv: list[str]) -> str:
-    from qat_lab import runs
+    from qat_lab import records as runs
 
     git = runs.git_state()
     lines = ["# Benchmark: iEF / EF / SF step cost", "",

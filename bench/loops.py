@@ -21,15 +21,16 @@ import hydra
 import lightning as L
 import torch
 
-from qat_lab.callbacks import DivergenceGuard, GridDistanceMonitor, MetricsHistory, QuickValidation
+from pathlib import Path
+
 from qat_lab.config import RunSpec, build_spec
 from qat_lab.data import LMDataModule
 from qat_lab.evaluation import mean_loss
 from qat_lab.models.gpt import GPT, lm_loss
 from qat_lab.module import QATLanguageModel
 from qat_lab.optim import apply_step_hparams, build_optimizers
-from qat_lab.quant import apply_qat, grid_bits_for, grid_distance
-from qat_lab.train import trainer_precision
+from qat_lab.quant import apply_qat, grid_distance
+from qat_lab.train import make_monitor, make_trainer
 
 DEFAULT_RUN_STEPS = 150
 """trainer.steps of a default run (conf/trainer/cpu.yaml). A benchmark run stops after far fewer
@@ -95,7 +96,7 @@ def bare_loop(spec: RunSpec, data: LMDataModule, warmup: int, steps: int) -> Tim
     _collect_garbage()
     torch.manual_seed(spec.seed)  # what L.seed_everything does for torch: the same initial weights
     model = GPT(spec.model, data.vocab_size)
-    apply_qat(model, spec.bits, spec.quant)
+    apply_qat(model, spec.quant)
     model.train()
     optimizers = build_optimizers(model, spec.optim, spec.lr_mult)
     clip = spec.trainer.grad_clip
@@ -143,38 +144,23 @@ class _WindowStamp(L.Callback):
 
 
 def lightning_loop(spec: RunSpec, data: LMDataModule, warmup: int, steps: int) -> Timing:
-    """The project's training setup (qat_lab.train.train) minus loggers, timed inside fit.
-
-    Keep in sync with train.train(): same seeding, module, callbacks and Trainer arguments. Only
-    the run length (the datamodule's number of batches) and the window stamps differ.
+    """The project's training setup minus loggers, timed inside fit: train.build's seeding and
+    module, train.make_monitor's callback and train.make_trainer's Trainer. Only the run length
+    (the datamodule's number of batches) and the window stamps differ.
     """
     total = warmup + steps
     _collect_garbage()
     L.seed_everything(spec.seed, workers=True, verbose=False)
     module = QATLanguageModel(spec, data.vocab_size)
     with tempfile.TemporaryDirectory(prefix="qat_bench_") as job_dir:
-        history = MetricsHistory(job_dir)
-        project_callbacks = [
-            DivergenceGuard(spec.trainer.max_loss),
-            GridDistanceMonitor(spec.trainer.grid_every, spec.schedule.warmdown_start(spec.trainer.steps),
-                                spec.trainer.steps),
-            QuickValidation(spec.trainer.val_every,
-                            data.eval_batches(spec.trainer.val_batches * spec.data.batch_size * spec.data.seq_len),
-                            data.bits_per_byte),
-            history,
-        ]
+        monitor = make_monitor(spec, data, Path(job_dir), fingerprint="bench")
         begin, end = _WindowStamp(first=warmup), _WindowStamp(last=total - 1)
-        trainer = L.Trainer(
-            accelerator=spec.trainer.accelerator, devices=spec.trainer.devices, precision=trainer_precision(spec),
-            max_epochs=1, logger=False, callbacks=[begin, *project_callbacks, end], enable_checkpointing=False,
-            enable_progress_bar=spec.trainer.progress, enable_model_summary=False, num_sanity_val_steps=0,
-            limit_val_batches=0, log_every_n_steps=1, default_root_dir=job_dir,
-        )
+        trainer = make_trainer(spec, Path(job_dir), [begin, monitor, end], loggers=[])
         data.steps = total  # the run length; see _loader
         try:
             trainer.fit(module, datamodule=data)
         finally:
-            history.close()
+            monitor.history.close()
     if begin.at is None or end.at is None or module.step != total:
         raise RuntimeError(f"Lightning ran {module.step} of {total} steps (diverged or stopped early?)")
     return Timing(end.at - begin.at, steps, module.last_loss)
@@ -208,9 +194,8 @@ def periodic_eval_costs(spec: RunSpec, data: LMDataModule, reps: int = 3) -> dic
     """
     torch.manual_seed(spec.seed)
     model = GPT(spec.model, data.vocab_size)
-    apply_qat(model, spec.bits, spec.quant)
+    apply_qat(model, spec.quant)
     batches = data.eval_batches(spec.trainer.val_batches * spec.data.batch_size * spec.data.seq_len)
-    grid_bits = grid_bits_for(spec.bits, spec.quant)
 
     def median_time(fn) -> float:
         fn()  # first call allocates
@@ -221,5 +206,5 @@ def periodic_eval_costs(spec: RunSpec, data: LMDataModule, reps: int = 3) -> dic
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 
-    return {"grid_s": median_time(lambda: grid_distance(model, grid_bits, spec.quant)),
+    return {"grid_s": median_time(lambda: grid_distance(model, spec.quant)),
             "val_s": median_time(lambda: mean_loss(model, batches))}

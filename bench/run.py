@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from bench import loops
-from qat_lab.models.gpt import GPT, flops_per_token, matmul_params
 from qat_lab.train import quiet_lightning
 
 LOSS_RTOL = 1e-4
@@ -135,8 +134,7 @@ def summarise(preset: str, spec, runs: dict[str, list[loops.Timing]], data, peak
               args: argparse.Namespace) -> dict[str, Any]:
     """One preset's table rows, target checks, loop agreement and periodic-evaluation cost."""
     tokens_per_step = spec.data.batch_size * spec.data.seq_len
-    n_matmul = matmul_params(GPT(spec.model, data.vocab_size))
-    fpt = flops_per_token(spec.model, n_matmul, spec.data.seq_len)
+    fpt = spec.model.flops_per_token(data.vocab_size, spec.data.seq_len)
 
     rows = {}
     for v in VARIANTS:
@@ -323,9 +321,9 @@ def markdown_report(res: dict, args: argparse.Namespace, argv: list[str]) -> str
         "  forward, `lm_loss`, `backward`, every optimiser's `step()` then `zero_grad()`, read the loss.",
         "  *optimizer ms/step* is the part spent in `step()`/`zero_grad()`.",
         "- **Lightning loop** (`lightning_loop`): the setup of `qat_lab.train.train` with `logger=none`:",
-        "  `QATLanguageModel`, the same four callbacks (DivergenceGuard, GridDistanceMonitor,",
-        "  QuickValidation, MetricsHistory writing metrics.csv to a temp dir) and the same `L.Trainer`",
-        "  arguments. The window runs from `on_train_batch_start` of the first timed step to",
+        "  `QATLanguageModel`, the same `TrainingMonitor` (train.make_monitor: grid probe, quick",
+        "  validation, divergence rules, metrics.csv in a temp dir) and the same `L.Trainer`",
+        "  (train.make_trainer). The window runs from `on_train_batch_start` of the first timed step to",
         "  `on_train_batch_end` of the last, stamped by callbacks placed first and last in the list, so",
         "  Trainer construction and fit start-up are excluded and every per-step hook is included.",
         "- **Same work.** Both loops must end on the same train loss (relative tolerance",
@@ -338,8 +336,8 @@ def markdown_report(res: dict, args: argparse.Namespace, argv: list[str]) -> str
         "- **Variants.** FP16 baseline = `bits=16` (no fake quantisation; fp32 on CPU); QAT6 = `bits=6`",
         "  (STE fake quantisation of every block matrix). Optimiser: `optim=muon` (the default) unless",
         "  the row says `optim=adamw`. All runs use `trainer.accelerator=cpu`.",
-        "- **MFU** = FLOPs/token x tokens/s / peak, with FLOPs/token = `flops_per_token(model cfg,",
-        "  matmul_params(model), seq_len)` = 6 x matmul params + 12 x layers x d_model x seq_len.",
+        "- **MFU** = FLOPs/token x tokens/s / peak, with FLOPs/token = `GPTConfig.flops_per_token(vocab,",
+        "  seq_len)` = 6 x matmul params + 12 x layers x d_model x seq_len.",
         "  The same model FLOPs are used for every variant, so fake quantisation and optimiser work",
         "  (Muon's Newton-Schulz iterations) lower MFU rather than count as useful work.",
         "- **Peak** = median over `--matmul-reps` of one fp32 `torch.matmul` of two square",
@@ -352,7 +350,7 @@ def markdown_report(res: dict, args: argparse.Namespace, argv: list[str]) -> str
 
 
 def git_sha() -> str:
-    from qat_lab import runs
+    from qat_lab import records as runs
 
     state = runs.git_state()
     sha = state["sha"][:12] if state["sha"] != "unknown" else "unknown"

@@ -145,8 +145,8 @@ def test_preflight_missing_data_path_is_a_data_error():
 
 
 def test_expand_small_grid_is_the_full_product():
-    jobs = cli._expand(["bits=4,6,16", "warmdown=0.1,0.33", "model=cpu-s"])
-    assert len(jobs) == 6
+    count, jobs = cli.expand(["bits=4,6,16", "warmdown=0.1,0.33", "model=cpu-s"])
+    assert count == len(jobs) == 6
     assert {tuple(j) for j in jobs} == {
         (f"bits={b}", f"warmdown={w}", "model=cpu-s") for b, w in itertools.product((4, 6, 16), (0.1, 0.33))
     }
@@ -159,7 +159,8 @@ def test_expand_big_grid_is_a_covering_subset():
     seeds = [str(s) for s in range(n_seeds)]
     assert len(bits) * len(warmdowns) * len(seeds) > cli.MAX_PREFLIGHT_JOBS
     overrides = ["bits=" + ",".join(bits), "warmdown=" + ",".join(warmdowns), "seed=" + ",".join(seeds), "model=cpu-s"]
-    jobs = cli._expand(overrides)
+    count, jobs = cli.expand(overrides)
+    assert count == len(bits) * len(warmdowns) * len(seeds)
     assert 0 < len(jobs) <= cli.MAX_PREFLIGHT_JOBS
     for job in jobs:
         assert len(job) == 4 and job[3] == "model=cpu-s"
@@ -171,7 +172,7 @@ def test_expand_big_grid_is_a_covering_subset():
 def test_preflight_big_grid_still_catches_the_last_value(monkeypatch):
     # A small cap keeps this fast; the covering subset must still reach the bad last value.
     monkeypatch.setattr(cli, "MAX_PREFLIGHT_JOBS", 3)
-    assert cli.preflight(["bits=4,6", "warmdown=0.1,0.2,0.33"]) == 3
+    assert cli.preflight(["bits=4,6", "warmdown=0.1,0.2,0.33"]) == 6  # every job counted, 3 composed
     with pytest.raises(ConfigError) as info:
         cli.preflight(["bits=4,6", "warmdown=0.1,0.2,1.5"])
     assert "warmdown=1.5" in str(info.value)

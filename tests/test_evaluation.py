@@ -10,7 +10,7 @@ import torch
 
 from qat_lab.evaluation import PTQ_BITS, final_evaluation, mean_loss
 from qat_lab.models.gpt import GPT, GPTConfig
-from qat_lab.quant import QuantConfig, apply_qat, latent_weights, quant_targets, quantize_dequantize
+from qat_lab.quant import QuantConfig, apply_qat, latent_weights, quant_targets, quantise_dequantise
 
 VOCAB = 256
 LN2 = math.log(2)
@@ -64,7 +64,7 @@ def _ptq_reference(model: GPT, bits: int, qcfg: QuantConfig, batches) -> float:
     ref = copy.deepcopy(model)
     with torch.no_grad():
         for mod in quant_targets(ref, qcfg).values():
-            mod.weight.copy_(quantize_dequantize(mod.weight, bits, qcfg))
+            mod.weight.copy_(quantise_dequantise(mod.weight, bits, qcfg))
     with latent_weights(ref):
         return mean_loss(ref, batches)
 
@@ -72,7 +72,7 @@ def _ptq_reference(model: GPT, bits: int, qcfg: QuantConfig, batches) -> float:
 def test_fp_run():
     model, batches, qcfg = _model(), _batches(), QuantConfig()
     before = _snapshot(model)
-    out = final_evaluation(model, 16, qcfg, batches, to_bpb)
+    out = final_evaluation(model, qcfg, batches, to_bpb)
     assert out["val_loss"] == out["latent_val_loss"]
     assert out["quant_gap"] == 0.0
     assert out["val_loss"] == pytest.approx(mean_loss(model, batches), rel=1e-6)
@@ -90,8 +90,8 @@ def test_fp_run():
 
 @pytest.mark.parametrize("bits", [4, 6])
 def test_qat_run_val_is_the_fake_quantised_forward(bits: int):
-    model, batches, qcfg = _model(), _batches(), QuantConfig()
-    assert apply_qat(model, bits, qcfg)
+    model, batches, qcfg = _model(), _batches(), QuantConfig(bits=bits)
+    assert apply_qat(model, qcfg)
     with torch.no_grad():  # a "trained" model: weights that are not the init
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -101,7 +101,7 @@ def test_qat_run_val_is_the_fake_quantised_forward(bits: int):
     with latent_weights(model):
         latent_loss = mean_loss(model, batches)
 
-    out = final_evaluation(model, bits, qcfg, batches, to_bpb)
+    out = final_evaluation(model, qcfg, batches, to_bpb)
     assert out["val_loss"] == pytest.approx(out["ptq"][str(bits)]["val_loss"], rel=1e-6)
     assert out["val_loss"] == pytest.approx(fake_quant_loss, rel=1e-6)
     assert out["latent_val_loss"] == pytest.approx(latent_loss, rel=1e-6)
@@ -119,9 +119,9 @@ def test_qat_run_val_is_the_fake_quantised_forward(bits: int):
 
 
 def test_qat_at_bits_outside_the_ptq_set():
-    model, batches, qcfg = _model(), _batches(), QuantConfig()
-    apply_qat(model, 5, qcfg)
-    out = final_evaluation(model, 5, qcfg, batches, to_bpb)
+    model, batches, qcfg = _model(), _batches(), QuantConfig(bits=5)
+    apply_qat(model, qcfg)
+    out = final_evaluation(model, qcfg, batches, to_bpb)
     assert set(out["ptq"]) == {"8", "6", "4"}
     assert out["val_loss"] == pytest.approx(mean_loss(model, batches), rel=1e-6)
     assert out["val_loss"] == pytest.approx(_ptq_reference(model, 5, qcfg, batches), rel=1e-6)
@@ -129,6 +129,6 @@ def test_qat_at_bits_outside_the_ptq_set():
 
 def test_to_bpb_is_the_callers_conversion():
     model, batches = _model(), _batches()
-    out = final_evaluation(model, 16, QuantConfig(), batches, lambda loss: 10.0 * loss)
+    out = final_evaluation(model, QuantConfig(), batches, lambda loss: 10.0 * loss)
     assert out["val_bpb"] == pytest.approx(10.0 * out["val_loss"])
     assert out["ptq"]["6"]["val_bpb"] == pytest.approx(10.0 * out["ptq"]["6"]["val_loss"])

@@ -7,7 +7,7 @@ from torch.func import grad, vmap
 
 from qat_lab.errors import ConfigError
 from qat_lab.quant.fake_quant import (
-    TINY_SCALE, QuantConfig, code_range, fake_quantize, grid_residuals, quantize_dequantize, scales,
+    TINY_SCALE, QuantConfig, code_range, fake_quantise, grid_residuals, quantise_dequantise, scales,
     validate_bits,
 )
 
@@ -43,10 +43,10 @@ def test_bit_exact_against_torch_fused_op(bits, rng):
     cfg = QuantConfig(range=rng)
     for seed in range(3):
         w = _matrix(seed, bits)
-        ours = quantize_dequantize(w, bits, cfg)
+        ours = quantise_dequantise(w, bits, cfg)
         ref = _torch_reference(w, bits, cfg)
         assert torch.equal(ours, ref)
-        assert torch.equal(fake_quantize(w, bits, cfg), ref)
+        assert torch.equal(fake_quantise(w, bits, cfg), ref)
 
 
 @pytest.mark.parametrize("bits", BITS)
@@ -55,10 +55,10 @@ def test_code_range_and_ties_round_half_to_even(bits):
     assert code_range(bits, QuantConfig()) == (-qmax, qmax)
     assert code_range(bits, QuantConfig(range="full")) == (-qmax - 1, qmax)
     w = _matrix(0, bits)
-    codes = quantize_dequantize(w, bits, QuantConfig())[:2] / 0.25  # row scale is exactly 0.25
+    codes = quantise_dequantise(w, bits, QuantConfig())[:2] / 0.25  # row scale is exactly 0.25
     expected = np.round(w[:2].numpy() / 0.25)  # numpy rounds half to even
     assert np.array_equal(codes.numpy(), expected)
-    assert torch.equal(quantize_dequantize(w, bits, QuantConfig())[2], torch.zeros(w.shape[1]))
+    assert torch.equal(quantise_dequantise(w, bits, QuantConfig())[2], torch.zeros(w.shape[1]))
 
 
 def test_values_lie_on_the_grid_and_error_is_at_most_half_a_step():
@@ -66,7 +66,7 @@ def test_values_lie_on_the_grid_and_error_is_at_most_half_a_step():
     w = torch.randn(16, 32)
     for bits in BITS:
         s = scales(w, bits, cfg)
-        q = quantize_dequantize(w, bits, cfg)
+        q = quantise_dequantise(w, bits, cfg)
         codes = q / s
         assert torch.allclose(codes, codes.round(), atol=1e-4)
         assert codes.abs().max() <= 2 ** (bits - 1) - 1 + 1e-4
@@ -80,8 +80,8 @@ def test_full_range_uses_the_extra_negative_code_only_when_the_scale_clips():
         narrow_cfg = QuantConfig(range="narrow", scale_rule=rule, percentile=90.0)
         full_cfg = QuantConfig(range="full", scale_rule=rule, percentile=90.0)
         s = scales(w, bits, narrow_cfg)
-        narrow = (quantize_dequantize(w, bits, narrow_cfg) / s).round()
-        full = (quantize_dequantize(w, bits, full_cfg) / s).round()
+        narrow = (quantise_dequantise(w, bits, narrow_cfg) / s).round()
+        full = (quantise_dequantise(w, bits, full_cfg) / s).round()
         if rule == "absmax":  # |w| / s <= qmax: the extra code is never reached
             assert torch.equal(narrow, full) and narrow.min() == -qmax
         else:  # the -5 outlier clips to the outermost code of each range
@@ -94,14 +94,14 @@ def test_full_range_uses_the_extra_negative_code_only_when_the_scale_clips():
 @pytest.mark.parametrize("cfg", [QuantConfig(), QuantConfig(range="full"), QuantConfig(scale_rule="percentile", percentile=90.0)])
 def test_ste_gradient_is_exactly_ones(cfg):
     w = (torch.randn(8, 16) * 2).requires_grad_()
-    fake_quantize(w, 3, cfg).sum().backward()
+    fake_quantise(w, 3, cfg).sum().backward()
     assert torch.equal(w.grad, torch.ones_like(w))  # also where percentile clipping happened
 
 
 def test_ste_passes_upstream_gradient_unchanged():
     w = torch.randn(8, 16, requires_grad=True)
     upstream = torch.randn(8, 16)
-    (fake_quantize(w, 4, QuantConfig()) * upstream).sum().backward()
+    (fake_quantise(w, 4, QuantConfig()) * upstream).sum().backward()
     assert torch.equal(w.grad, upstream)
 
 
@@ -139,7 +139,7 @@ def test_percentile_scales_match_numpy_percentile():
     expected = np.percentile(w.abs().double().numpy(), 95.0, axis=1, keepdims=True) / 7
     assert np.allclose(scales(w, 4, cfg).numpy(), expected, rtol=1e-5)
     # Percentile clips: the largest values land on the outermost code.
-    q = quantize_dequantize(w, 4, cfg)
+    q = quantise_dequantise(w, 4, cfg)
     s = scales(w, 4, cfg)
     assert torch.allclose(q.abs().amax(dim=1, keepdim=True), 7 * s)
     assert (w.abs() > 7.5 * s).any()
@@ -156,10 +156,10 @@ def test_group_scales_are_per_group_absmax_and_equal_row_quantising_each_group()
     for r in range(4):
         for g in range(3):
             assert s[r, g, 0] == w[r, 8 * g:8 * g + 8].abs().max() / 15
-    by_rows = quantize_dequantize(w.reshape(12, 8), 5, QuantConfig()).reshape(4, 24)
-    assert torch.equal(quantize_dequantize(w, 5, cfg), by_rows)
+    by_rows = quantise_dequantise(w.reshape(12, 8), 5, QuantConfig()).reshape(4, 24)
+    assert torch.equal(quantise_dequantise(w, 5, cfg), by_rows)
     with pytest.raises(ConfigError, match="quant.group_size"):
-        quantize_dequantize(torch.randn(4, 20), 5, cfg)
+        quantise_dequantise(torch.randn(4, 20), 5, cfg)
 
 
 def test_tensor_scale_is_global_absmax():
@@ -167,7 +167,7 @@ def test_tensor_scale_is_global_absmax():
     cfg = QuantConfig(granularity="tensor")
     s = scales(w, 6, cfg)
     assert s.numel() == 1 and s.item() == (w.abs().max() / 31).item()
-    assert torch.equal(quantize_dequantize(w, 6, cfg), quantize_dequantize(w.reshape(1, -1), 6, QuantConfig()).reshape(4, 24))
+    assert torch.equal(quantise_dequantise(w, 6, cfg), quantise_dequantise(w.reshape(1, -1), 6, QuantConfig()).reshape(4, 24))
 
 
 def test_scale_floors():
@@ -178,14 +178,14 @@ def test_scale_floors():
     inv = scales(w, 4, QuantConfig(scale_floor="inv_qmax"))
     assert torch.allclose(inv, torch.full_like(inv, 1 / 7))  # both rows are below the 1/qmax floor
     # With the 1/qmax floor, small weights collapse to 0 (codes round(w*7) = 0 for |w| < 1/14).
-    assert torch.equal(quantize_dequantize(w, 4, QuantConfig(scale_floor="inv_qmax")), torch.zeros_like(w))
-    assert quantize_dequantize(w, 4, QuantConfig())[1].ne(0).sum() > 0
+    assert torch.equal(quantise_dequantise(w, 4, QuantConfig(scale_floor="inv_qmax")), torch.zeros_like(w))
+    assert quantise_dequantise(w, 4, QuantConfig())[1].ne(0).sum() > 0
     big = torch.randn(3, 8) * 10  # above the floor, both rules give absmax scales
     assert torch.equal(scales(big, 4, QuantConfig(scale_floor="inv_qmax")), scales(big, 4, QuantConfig()))
 
 
 def _loss(w, x):
-    return (x @ fake_quantize(w, 4, QuantConfig()).T).square().sum()
+    return (x @ fake_quantise(w, 4, QuantConfig()).T).square().sum()
 
 
 def test_per_sample_gradients_under_vmap_grad_equal_a_loop():
@@ -195,15 +195,15 @@ def test_per_sample_gradients_under_vmap_grad_equal_a_loop():
     looped = torch.stack([grad(_loss)(w, x) for x in xs])
     assert torch.allclose(batched, looped, atol=1e-6, rtol=1e-6)
     # The STE gradient is the gradient w.r.t. the quantised weight.
-    wq = quantize_dequantize(w, 4, QuantConfig()).requires_grad_()
+    wq = quantise_dequantise(w, 4, QuantConfig()).requires_grad_()
     (xs[0] @ wq.T).square().sum().backward()
     assert torch.allclose(looped[0], wq.grad, atol=1e-6)
 
 
 def test_vmap_over_weights_quantises_each_matrix_with_its_own_scales():
     ws = torch.randn(4, 6, 10) * torch.tensor([0.1, 1.0, 10.0, 100.0]).view(4, 1, 1)
-    batched = vmap(lambda w: fake_quantize(w, 3, QuantConfig()))(ws)
-    looped = torch.stack([fake_quantize(w, 3, QuantConfig()) for w in ws])
+    batched = vmap(lambda w: fake_quantise(w, 3, QuantConfig()))(ws)
+    looped = torch.stack([fake_quantise(w, 3, QuantConfig()) for w in ws])
     assert torch.equal(batched, looped)
 
 
@@ -211,5 +211,5 @@ def test_grid_residuals_in_range_and_zero_on_grid():
     w = torch.randn(8, 32)
     d = grid_residuals(w, 6, QuantConfig())
     assert d.shape == w.shape and d.min() >= 0 and d.max() <= 0.5
-    on_grid = quantize_dequantize(w, 6, QuantConfig())
+    on_grid = quantise_dequantise(w, 6, QuantConfig())
     assert grid_residuals(on_grid, 6, QuantConfig()).max() < 1e-4

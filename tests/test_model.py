@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from qat_lab.errors import ConfigError
-from qat_lab.models.gpt import GPT, GPTConfig, count_parameters, lm_loss, matmul_params
+from qat_lab.models.gpt import GPT, GPTConfig, count_parameters, lm_loss
 
 VOCAB = 24
 
@@ -155,5 +155,6 @@ def test_count_parameters(tie):
     assert counts["non_embedding"] == 12 * L * d * d + L * (2 * d + 2 * hd) + 2 * d
     assert counts["embedding"] == VOCAB * d * (1 if tie else 2)
     assert counts["total"] == sum(p.numel() for p in model.parameters()) == counts["non_embedding"] + counts["embedding"]
-    assert matmul_params(model) == 12 * L * d * d + VOCAB * d
+    assert model.cfg.matmul_params(VOCAB) == 12 * L * d * d + VOCAB * d
+    assert model.cfg.parameter_counts(VOCAB) == counts  # the arithmetic the preflight uses
     assert all(isinstance(m, nn.Linear) and m.bias is None for m in model.modules() if isinstance(m, nn.Linear))

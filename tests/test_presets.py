@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qat_lab.cli import dry_run, preflight
+from qat_lab.errors import ConfigError
 
 EXPECTED_JOBS = {
     "phase2": 720,          # 4 sizes x 4 warmdowns x 3 lr_mult x 3 bits x 5 seeds
@@ -27,7 +28,14 @@ def test_preset_job_count(name, jobs):
 
 def test_preflight_validates_a_preset_grid():
     # phase2 is larger than the preflight limit: a covering subset is composed and validated.
-    assert 0 < preflight(["experiment=phase2"], multirun=True) < 720
+    # On Slurm its GPU jobs run on the cluster's nodes, so this machine's devices are not asked.
+    assert preflight(["experiment=phase2", "launcher=slurm"], multirun=True) == 720
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_preset_run_here_without_a_gpu_is_refused():
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        preflight(["experiment=phase2"], multirun=True)
 
 
 def test_command_line_wins_over_the_preset_grid():
@@ -43,5 +51,9 @@ def test_token_budget_sets_steps_from_model_size():
     assert 6 < steps(large) / steps(small) < 8
 
 
-def test_without_multirun_the_preset_grid_is_not_used():
-    assert dry_run(["experiment=phase2"], multirun=False).splitlines()[0] == "1 jobs"
+def test_without_multirun_a_preset_grid_is_an_error():
+    """Without -m Hydra would run one job with the defaults, not the preset's grid."""
+    for check in (lambda: dry_run(["experiment=phase2"], multirun=False),
+                  lambda: preflight(["experiment=cpu_phase2"], multirun=False)):
+        with pytest.raises(ConfigError, match=r"is a sweep of \d+ jobs: run it with -m"):
+            check()

@@ -1,17 +1,19 @@
-"""The run record (qat_lab.runs): atomic write, strict read, completed-run detection, provenance."""
+"""The run record (qat_lab.records): atomic write, strict read, completed-run detection, provenance."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from qat_lab import runs
+from qat_lab import records as runs
 from qat_lab.errors import RunRecordError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,20 +73,68 @@ def test_failed_serialisation_keeps_previous_record(tmp_path: Path):
     assert _files(tmp_path) == [runs.RECORD_NAME]
 
 
-def test_failing_dump_keeps_previous_record(tmp_path: Path, monkeypatch):
+def test_failing_write_keeps_previous_record(tmp_path: Path, monkeypatch):
+    """The temp file is complete but the rename fails (a disk error): the old record stays, whole."""
+    from qat_lab import atomic
+
     before = _record("running")
     runs.write_record(tmp_path, before)
 
-    def broken_dump(obj, f, **kwargs):
-        f.write('{"schema_version": 1, "status": "comp')  # half a record reaches the temp file
-        raise OSError("disk full")
+    def broken_replace(src, dst):
+        raise OSError("I/O error")
 
-    monkeypatch.setattr(runs.json, "dump", broken_dump)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="I/O error"):
         runs.write_record(tmp_path, _record("completed"))
     monkeypatch.undo()
     assert runs.read_record(tmp_path) == before
     assert _files(tmp_path) == [runs.RECORD_NAME]
+
+
+def test_full_disk_rewrites_the_record_in_place(tmp_path: Path, monkeypatch):
+    """No space for a temp file: the final record still replaces the running one (its reserve)."""
+    import errno
+
+    from qat_lab.records import store
+
+    runs.write_record(tmp_path, _record("running"))
+    size = (tmp_path / runs.RECORD_NAME).stat().st_size
+
+    def no_space(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "atomic_write", no_space)
+    failed = {**_record("failed"), "error": "OSError: [Errno 28] No space left on device"}
+    runs.write_record(tmp_path, failed)
+    assert runs.read_record(tmp_path) == failed
+    assert (tmp_path / runs.RECORD_NAME).stat().st_size == size  # no block needed beyond the old file's
+    # A record too big for the old file's blocks is not written half-way: the error surfaces.
+    with pytest.raises(OSError):
+        runs.write_record(tmp_path, {**failed, "error": "x" * (size + 1)})
+    assert runs.read_record(tmp_path) == failed
+
+
+def test_records_are_readable_as_the_umask_allows(tmp_path: Path):
+    old = os.umask(0o027)
+    try:
+        path = runs.write_record(tmp_path / "a", _record())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        os.umask(0o022)
+        path = runs.write_record(tmp_path / "b", _record())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_unreadable_record_is_one_line_error(tmp_path: Path, monkeypatch):
+    path = runs.write_record(tmp_path, _record())
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    message = _assert_error_names_path(path)
+    assert "Permission denied" in message
 
 
 def _assert_error_names_path(path: Path, target: Path | None = None) -> str:
@@ -103,7 +153,7 @@ def test_read_missing_record(tmp_path: Path):
 
 def test_read_truncated_record(tmp_path: Path):
     path = runs.write_record(tmp_path, _record())
-    text = path.read_text()
+    text = path.read_text().rstrip()  # the record, without its reserve of trailing spaces
     path.write_text(text[: len(text) // 2])
     assert "corrupt" in _assert_error_names_path(path)
 
@@ -156,7 +206,7 @@ def test_completed_record_only_for_completed(tmp_path: Path, status: str):
 def test_completed_record_none_for_missing_or_corrupt(tmp_path: Path):
     assert runs.completed_record(tmp_path / "never-ran") is None
     path = runs.write_record(tmp_path, _record("completed"))
-    path.write_text(path.read_text()[:-5])
+    path.write_text(path.read_text().rstrip()[:-5])
     assert runs.completed_record(tmp_path) is None
 
 

@@ -20,9 +20,9 @@ def tiny(tie: bool = True) -> GPT:
 def make(tie: bool, qat: str) -> GPT:
     model = tiny(tie)
     if qat == "qat":
-        apply_qat(model, 4, QuantConfig())
+        apply_qat(model, QuantConfig(bits=4))
     elif qat == "qat_embed":  # embedding and head quantised too: they must still go to AdamW
-        apply_qat(model, 4, QuantConfig(quantize_embedding=True))
+        apply_qat(model, QuantConfig(bits=4, quantise_embedding=True))
     return model
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qat_lab import runs, summary
+from qat_lab import records as runs, summary
 
 BASE_AXES = {"bits": 16, "warmdown": 0.33, "lr_mult": 1.0, "model": "cpu-xs", "optim": "muon", "schedule": "wsd-linear",
              "seed": 0, "steps": 20, "data": "shakespeare", "seq_len": 128, "batch_size": 32}

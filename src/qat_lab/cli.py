@@ -1,81 +1,238 @@
 """Console entry point `qatlab`: check every job of the sweep, then hand over to Hydra.
 
-Before Hydra launches anything, `preflight` composes the config of every job the command line
-describes (the cartesian product of its sweep values) and validates it, so `bits=3.5`, an unknown
-model or a missing data file is one clear line and a non-zero exit before any job starts: a typo
-in the last value of a sweep never costs the runs before it.
+Before Hydra launches anything, `preflight` expands the command line into its jobs with Hydra's
+own override parser and basic-sweeper semantics (so `glob()`, `range()` and presets' grids work as
+they will at launch), composes every job's config and validates it, checks each distinct data
+config once (the corpus exists, is not empty, holds a train and a val sequence) and checks that
+the output dir can be written. Any problem is one line and exit status 2 before any job starts,
+and nothing is created: a typo in the last value of a sweep never costs the runs before it.
+Nothing heavy (torch, Lightning) is imported until a job runs or a model must be built.
 """
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
+import os
 import sys
 from contextlib import contextmanager
-
-import hydra
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException, MissingConfigException
-import torch
-from omegaconf import DictConfig
-from omegaconf.errors import OmegaConfBaseException
+from pathlib import Path
 
 from qat_lab.errors import ConfigError, DataError
 
 CONFIG_MODULE = "qat_lab.conf"
 MAX_PREFLIGHT_JOBS = 256
 """Compose at most this many jobs up front; bigger grids are checked on a covering subset."""
+NUMERIC_AXES = {"bits": "int", "seed": "int", "warmdown": "float", "lr_mult": "float"}
+"""Top-level axes whose values are normalised (bits=16.0 is bits=16: one job dir, one identity)."""
+MIN_FREE_BYTES = 1 << 20
+"""An output filesystem with less free space than this stops the command before the first job."""
+
+USAGE = """\
+usage: qatlab [-m] [--dry-run] [KEY=VALUE ...]        (Hydra overrides; -m sweeps comma-separated values)
+
+Train quantisation-aware decoder LMs and sweep the study's axes (docs in the README).
+
+  qatlab                                      one run with the defaults (bits=16, warmdown=0.33)
+  qatlab bits=6 warmdown=0.1 optim=adamw      one run, overridden
+  qatlab -m bits=4,6,8,16 warmdown=0.1,0.33   a sweep (Hydra multirun)
+  qatlab --dry-run -m experiment=phase2       list a sweep: jobs, tokens, compute, estimated hours
+  qatlab --cfg job bits=6                     print the composed config (Hydra)
+
+sweep axes:    bits (2..8, or 16 = no quantisation), warmdown (fraction in [0, 1]), lr_mult, seed
+config groups: {groups}
+presets:       experiment={presets}
+any field:     model.d_model=96, optim.matrix_lr=0.03, quant.scale_rule=percentile, trainer.steps=300 ...
+options:       -m/--multirun   --dry-run   -q/--quiet (no per-step progress lines)   --help   --hydra-help
+"""
+
+
+def _parser():
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    return OverridesParser.create(config_loader=loader)
 
 
 def _parse(overrides: list[str]):
-    return OverridesParser.create().parse_overrides(overrides)
+    from hydra.errors import HydraException
+
+    try:
+        return _parser().parse_overrides(overrides)
+    except HydraException as e:
+        raise ConfigError(_one_line(str(e))) from None
 
 
-def _expand(overrides: list[str]) -> list[list[str]]:
-    """Every job's override list (Hydra's basic-sweeper semantics: a later value of a key wins)."""
-    axes: dict[str, list[str]] = {}
-    for o in _parse(overrides):
+def _one_line(message: str) -> str:
+    """Hydra's message as one line: its first line, then its hints (joined with '; ')."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    if not lines:
+        return "invalid override"
+    head, hints = lines[0], [ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type", "Config search"))]
+    return "; ".join([head, *hints[:2]])
+
+
+def _canonical_number(text: str, kind: str) -> str:
+    """'16.0' -> '16', '1.0' -> '1', '.33' -> '0.33'; text that is not a number is left alone
+    (the validators reject it with the key's own message)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(value):
+        return text
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return text if kind == "int" else repr(value)
+
+
+def normalise(overrides: list[str]) -> list[str]:
+    """Numeric sweep axes written one way (bits=16.0 -> bits=16, lr_mult=1.0 -> lr_mult=1), so the
+    same run always gets the same job dir and identity. Function sweeps (range, glob) are left."""
+    from hydra.core.override_parser.types import ValueType
+
+    out = []
+    for text, o in zip(overrides, _parse(overrides)):
         key = o.get_key_element()
-        axes.pop(key, None)  # keep the order of the last occurrence, like the sweeper
-        axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
-    values = list(axes.values())
-    jobs = [list(c) for c in itertools.product(*values)]
-    if len(jobs) <= MAX_PREFLIGHT_JOBS:
-        return jobs
-    # Covering subset: every value of every axis appears in at least one composed job.
-    width = max(len(a) for a in values)
-    return [[a[i % len(a)] for a in values] for i in range(width)]
+        kind = NUMERIC_AXES.get(key)
+        if kind is None or o.is_delete():
+            out.append(text)
+            continue
+        prefix = text.split("=", 1)[0]
+        if o.value_type == ValueType.ELEMENT and isinstance(o.value(), (int, float)):
+            out.append(f"{prefix}={_canonical_number(o.get_value_element_as_str(), kind)}")
+        elif o.value_type == ValueType.SIMPLE_CHOICE_SWEEP and all(
+                isinstance(x, (int, float)) for x in o.value().list):
+            out.append(f"{prefix}={','.join(_canonical_number(s, kind) for s in o.sweep_string_iterator())}")
+        else:
+            out.append(text)
+    return out
 
 
-def _compose(job: list[str], with_hydra: bool = False) -> DictConfig:
+def _compose(job: list[str], with_hydra: bool = False):
+    from hydra import compose
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
         return compose(config_name="config", overrides=job, return_hydra_config=with_hydra)
     except MissingConfigException as e:
         raise ConfigError(_missing_config_line(e, job)) from None
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(str(e).strip().splitlines()[0]) from None
+        raise ConfigError(_override_error(str(e), job)) from None
+
+
+def _override_error(message: str, job: list[str]) -> str:
+    """Hydra's "Could not override 'x'" with its hint, plus the nearest existing key."""
+    import re
+
+    m = re.search(r"Could not override '([^']+)'", message)
+    if not m:
+        return _one_line(message)
+    key = m.group(1)
+    given = next((o for o in job if o.split("=")[0].lstrip("+~") == key), key)
+    known = _known_keys(key)
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return f"{given}: {key} is not a setting{hint}"
+
+
+_KNOWN_KEYS: list[str] = []
+
+
+def _known_keys(key: str) -> list[str]:
+    """Every dotted key of the default config (for did-you-mean hints)."""
+    if not _KNOWN_KEYS:
+        from hydra import compose
+        from omegaconf import OmegaConf
+
+        def walk(node, prefix=""):
+            for k, v in node.items():
+                name = f"{prefix}{k}"
+                _KNOWN_KEYS.append(name)
+                if isinstance(v, dict):
+                    walk(v, name + ".")
+
+        walk(OmegaConf.to_container(compose(config_name="config", overrides=[]), resolve=False))
+    group = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    return [k for k in _KNOWN_KEYS if k.startswith(group) and k.count(".") == key.count(".")]
+
+
+def _missing_config_line(e, overrides: list[str]) -> str:
+    group = (e.missing_cfg_file or "").split("/")[0]
+    given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == group), e.missing_cfg_file)
+    options = list(e.options or [])
+    value = str(given).split("=", 1)[-1]
+    near = difflib.get_close_matches(value, options, n=1)
+    hint = f" (did you mean {group}={near[0]}?)" if near else ""
+    return (f"{given} is not a known {group} config{hint}; available: {', '.join(options)}" if group and options
+            else _one_line(str(e)))
 
 
 def sweep_overrides(overrides: list[str], multirun: bool) -> list[str]:
     """The command line's overrides, preceded by the grid an experiment preset declares in
-    hydra.sweeper.params (multirun only; the command line wins for a key given twice)."""
-    if not multirun:
-        return overrides
+    hydra.sweeper.params (multirun only; the command line wins for a key given twice, as in
+    Hydra's basic sweeper). Without -m a preset's grid is an error: it would run one default job."""
     fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
-    params = _compose(fixed, with_hydra=True).hydra.sweeper.params or {}
+    params = dict(_compose(fixed, with_hydra=True).hydra.sweeper.params or {})
+    if not multirun:
+        sweeps = [o.input_line for o in _parse(overrides) if o.is_sweep_override()]
+        if sweeps:
+            raise ConfigError(f"{sweeps[0]} is a sweep: add -m (qatlab -m {' '.join(overrides)})")
+        if params:
+            preset = next((o for o in overrides if o.startswith("experiment=")), "this preset")
+            raise ConfigError(f"{preset} is a sweep of {_count(params)} jobs: run it with -m (qatlab -m "
+                              f"{' '.join(overrides)}) or list it with --dry-run -m")
+        return overrides
     return [f"{k}={v}" for k, v in params.items()] + overrides
 
 
-def _missing_config_line(e: MissingConfigException, overrides: list[str]) -> str:
-    group = (e.missing_cfg_file or "").split("/")[0]
-    given = next((o for o in overrides if o.split("=")[0].lstrip("+~") == group), e.missing_cfg_file)
-    options = ", ".join(e.options or [])
-    return f"{given} is not a known {group} config (available: {options})" if group and options else str(e).splitlines()[0]
+def _count(params: dict) -> int:
+    return math.prod(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
+                     for o in _parse([f"{k}={v}" for k, v in params.items()]))
 
 
-def validate_job(cfg: DictConfig):
+def expand(overrides: list[str]) -> tuple[int, list[list[str]]]:
+    """(number of jobs, the jobs to compose): every job when there are at most MAX_PREFLIGHT_JOBS,
+    else a covering subset in which every value of every axis appears. Hydra's BasicSweeper
+    semantics: discrete sweeps (a,b / range / glob / choice) only; a later value of a key wins."""
+    from collections import OrderedDict
+
+    axes: OrderedDict[str, list[str]] = OrderedDict()
+    for o in _parse(overrides):
+        key = o.get_key_element()
+        if o.is_sweep_override():
+            if not o.is_discrete_sweep():
+                raise ConfigError(f"{o.input_line}: {o.value_type.name.lower().replace('_', ' ')} needs a sampling "
+                                  "sweeper (e.g. Optuna); qatlab's sweeps take lists: a,b,c, range(...), glob(...)")
+            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            if not values:
+                raise ConfigError(f"{o.input_line} matches no value")
+            axes[key] = values
+        else:
+            axes[key] = [o.input_line]
+    lists = list(axes.values())
+    count = math.prod(len(v) for v in lists)
+    if count <= MAX_PREFLIGHT_JOBS:
+        return count, [list(c) for c in itertools.product(*lists)]
+    width = max(len(a) for a in lists)
+    return count, [[a[i % len(a)] for a in lists] for i in range(width)]
+
+
+@contextmanager
+def _config_module():
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        yield
+    GlobalHydra.instance().clear()
+
+
+def validate_job(cfg):
     from qat_lab.config import build_spec
 
     spec = build_spec(cfg)
@@ -91,49 +248,107 @@ def _check_step_memory(spec) -> None:
 
     if not isinstance(spec.optim, IEFConfig):
         return
+    import torch
+
     from qat_lab.models.gpt import GPT
-    from qat_lab.optim import build_optimizers
+    from qat_lab.optim.build import build_optimizers
 
     with torch.device("meta"):
         model = GPT(spec.model, spec.data.vocab_size or 256)
     build_optimizers(model, spec.optim, spec.lr_mult)[0].plan_chunk(spec.data.batch_size, spec.data.seq_len)
 
 
-@contextmanager
-def _config_module():
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        yield
-    GlobalHydra.instance().clear()
+def check_devices(spec) -> None:
+    """Accelerator, precision and device count against this machine (imports torch only to ask
+    whether a GPU is there, and only when the settings depend on it)."""
+    t = spec.trainer
+    wants_gpu = t.accelerator in ("gpu", "cuda")
+    if wants_gpu or t.accelerator == "mps" or t.precision in ("16-mixed", "16", "16-true"):
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+        if wants_gpu and not has_gpu:
+            raise ConfigError(f"trainer.accelerator={t.accelerator} but this machine has no CUDA GPU "
+                              "(use trainer=cpu or trainer.accelerator=auto)")
+        if t.accelerator == "mps" and not torch.backends.mps.is_available():
+            raise ConfigError("trainer.accelerator=mps but MPS is not available here")
+        on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not has_gpu)
+        if on_cpu and t.precision in ("16-mixed", "16"):
+            raise ConfigError(f"trainer.precision={t.precision} (float16 autocast) does not run on CPU: "
+                              "use bf16-mixed or 32-true")
+        if has_gpu and isinstance(t.devices, int) and t.devices > torch.cuda.device_count() and not on_cpu:
+            raise ConfigError(f"trainer.devices={t.devices} but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def check_output_dir(path: str | Path) -> None:
+    """The dir the command will write (the sweep or run dir) must be creatable and writable,
+    with some free space: else one line now, not a traceback in the first job."""
+    target = Path(path).expanduser()
+    existing = target
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ConfigError(f"output dir {target}: {existing} is a file, not a folder")
+    try:
+        st = os.statvfs(existing)
+    except OSError as e:
+        raise ConfigError(f"output dir {target}: cannot inspect {existing} ({e.strerror})") from None
+    if st.f_flag & os.ST_RDONLY:
+        raise ConfigError(f"output dir {target} is on a read-only filesystem ({existing}); set hydra.sweep.dir "
+                          "(or hydra.run.dir) to a writable place")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output dir {target} is not writable ({existing}: permission denied); set "
+                          "hydra.sweep.dir (or hydra.run.dir) to a writable place")
+    free = st.f_bavail * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(f"output dir {target}: no space left on its filesystem ({free // 1024} KiB free in "
+                          f"{existing})")
 
 
 def preflight(overrides: list[str], multirun: bool = True) -> int:
     """Compose and validate every job; raise ConfigError/DataError with one line. Returns job count."""
+    from omegaconf import OmegaConf
+
+    from qat_lab.data.check import check_data
+
     with _config_module():
-        jobs = _expand(sweep_overrides(overrides, multirun))
+        count, jobs = expand(sweep_overrides(overrides, multirun))
+        checked_data: set[str] = set()
+        local = _launcher(jobs[0]) == "basic"  # jobs run on this machine (not on Slurm nodes)
         for job in jobs:
             spec = validate_job(_compose(job))
-            if multirun and spec.trainer.devices not in (1, "1") and _launcher(job) == "basic":
+            key = repr(spec.data)
+            if key not in checked_data:
+                check_data(spec.data)
+                checked_data.add(key)
+            if local:
+                check_devices(spec)
+            if multirun and spec.trainer.multi_device and local:
                 # Lightning starts extra DDP processes by re-running this command line, which in a
                 # local multirun would start the whole sweep again in every process.
                 raise ConfigError(f"trainer.devices={spec.trainer.devices} needs one process per device: in a sweep use "
                                   "launcher=slurm with hydra.launcher.tasks_per_node=<devices>, or run single jobs")
-    return len(jobs)
+        hydra_cfg = _compose(jobs[0], with_hydra=True).hydra
+        out = OmegaConf.select(hydra_cfg, "sweep.dir" if multirun else "run.dir")
+        check_output_dir(str(out))
+    return count
 
 
 def _launcher(job: list[str]) -> str:
     target = str(_compose(job, with_hydra=True).hydra.launcher._target_)
-    return "basic" if target.endswith("BasicLauncher") else target
+    return "basic" if target.endswith(("BasicLauncher", "LocalLauncher")) else target
 
 
 CHEAP_AXES = ("bits", "warmdown", "lr_mult", "seed")
 """Axes that change neither a job's length nor its cost: composed once per remaining combination."""
+GPU_PEAK_BF16 = 989e12
+"""Dense bf16 peak of an H100 SXM (NVIDIA's datasheet), for GPU-hour estimates at 40% MFU."""
 
 
 def dry_run(overrides: list[str], multirun: bool) -> str:
     """What a command would launch: job count, tokens and training compute, per model."""
-    from qat_lab.models.gpt import GPT, flops_per_token, matmul_params
-
     with _config_module():
         parsed = _parse(sweep_overrides(overrides, multirun))
         axes: dict[str, list[str]] = {}
@@ -146,11 +361,11 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
         rows: dict[str, dict] = {}
         for combo in itertools.product(*[v for k, v in axes.items() if k not in CHEAP_AXES]):
             job = list(combo) + [v[0] for v in cheap]
-            spec = validate_job(_compose(job))
-            with torch.device("meta"):
-                n_matmul = matmul_params(GPT(spec.model, 256))
+            from qat_lab.config import build_spec
+
+            spec = build_spec(_compose(job))
             tokens = spec.trainer.steps * spec.data.batch_size * spec.data.seq_len
-            flops = tokens * flops_per_token(spec.model, n_matmul, spec.data.seq_len)
+            flops = tokens * spec.model.flops_per_token(256, spec.data.seq_len)
             row = rows.setdefault(spec.model.name, {"jobs": 0, "steps": set(), "tokens": 0, "flops": 0.0})
             row["jobs"] += per_combo
             row["steps"].add(spec.trainer.steps)
@@ -165,26 +380,31 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
     tokens = sum(r["tokens"] for r in rows.values())
     flops = sum(r["flops"] for r in rows.values())
     lines += ["", f"total: {total_jobs} jobs, {tokens:.3g} tokens, {flops / 1e15:.3g} PFLOP "
-              f"(= {flops / 1e15 / (0.4 * 989e12 * 3600 / 1e15):.3g} H100-hours at 40% of 989 TFLOP/s bf16)"]
+              f"(= {flops / (0.4 * GPU_PEAK_BF16 * 3600):.3g} H100-hours at 40% of 989 TFLOP/s bf16)"]
     return "\n".join(lines)
-
-
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    from qat_lab.train import run_job
-
-    LAST_RUN["status"] = run_job(cfg).get("status")
 
 
 LAST_RUN: dict[str, str | None] = {}
 """Status of the job a single (non-multirun) invocation ran; a failed job makes the exit non-zero."""
 
 
+def _hydra_main() -> None:
+    import hydra
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def _main(cfg) -> None:
+        from qat_lab.jobs import run_job
+
+        LAST_RUN["status"] = run_job(cfg).get("status")
+
+    _main()
+
+
 def _user_overrides(argv: list[str]) -> list[str] | None:
     """The override arguments, or None when Hydra is asked for help/info/config (no preflight)."""
     out = []
     for a in argv:
-        if a in ("-m", "--multirun", "--dry-run"):
+        if a in ("-m", "--multirun", "--dry-run", "-q", "--quiet"):
             continue
         if a.startswith("-"):
             return None
@@ -192,12 +412,30 @@ def _user_overrides(argv: list[str]) -> list[str] | None:
     return out
 
 
+def usage() -> str:
+    from importlib import resources
+
+    conf = resources.files(CONFIG_MODULE)
+    groups = sorted(p.name for p in conf.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    presets = sorted(p.name[:-5] for p in conf.joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
+    return USAGE.format(groups=", ".join(groups), presets=", ".join(presets))
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage())
+        return
+    if "--hydra-help" in argv:
+        argv = [("--help" if a == "--hydra-help" else a) for a in argv]
     overrides = _user_overrides(argv)
     multirun = "-m" in argv or "--multirun" in argv
+    if "-q" in argv or "--quiet" in argv:
+        os.environ["QATLAB_QUIET"] = "1"
     if overrides is not None:
         try:
+            with _config_module():
+                overrides = normalise(overrides)
             if "--dry-run" in argv:
                 print(dry_run(overrides, multirun))
                 return
@@ -205,11 +443,26 @@ def main() -> None:
         except (ConfigError, DataError) as e:
             print(f"qatlab: error: {e}", file=sys.stderr)
             sys.exit(2)
-    _hydra_main()
+        argv = [a for a in argv if a in ("-m", "--multirun")] + overrides
+    sys.argv = [sys.argv[0], *[a for a in argv if a not in ("-q", "--quiet", "--dry-run")]]
+    from qat_lab import interrupts
+
+    interrupts.install()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        signum = interrupts.received()
+        if signum is None:
+            raise
+        print(f"qatlab: stopped by {interrupts.name(signum)}; the interrupted job's record says so, re-run the same "
+              "command to finish the sweep", file=sys.stderr)
+        sys.exit(interrupts.exit_code(signum))
+    from qat_lab.jobs import FAILED
     from qat_lab.summary import LAST_SWEEP
 
     counts = LAST_SWEEP.get("counts", {})
-    if counts.get("failed") or counts.get("interrupted") or LAST_RUN.get("status") in ("failed", "interrupted"):
+    if FAILED or counts.get("failed") or counts.get("interrupted") or LAST_RUN.get("status") in ("failed",
+                                                                                                "interrupted"):
         sys.exit(1)
 
 

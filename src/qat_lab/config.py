@@ -1,132 +1,50 @@
-"""Typed run configuration: Hydra's composed DictConfig -> validated dataclasses.
+"""Typed run configuration: Hydra's composed DictConfig -> a validated RunSpec.
 
-Each config group names a dataclass in its `_target_` (model -> GPTConfig, quant -> QuantConfig,
-...). `build_spec` builds every one of them and checks the top-level sweep axes, so a bad value is
-reported as one line (`bits=3.5 is not valid: ...`) before any data is read or any model built.
-The dataclasses that belong to one subsystem live beside its code; the three that only describe
-how a run is driven (data, trainer, logger) live here.
+Each config group names its dataclass in `_target_`, beside its component: model ->
+models.config.GPTConfig, quant -> quant.config.QuantConfig, optim -> optim.config, schedule ->
+schedules.ScheduleConfig, data -> data.config.DataConfig. The two that only describe how a run
+is driven (trainer, logger) live here. `build_spec` builds every one of them and checks the
+top-level sweep axes, so a bad value is one line (`bits=3.5 is not valid: ...`) before any data
+is read or any model built. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from qat_lab.errors import ConfigError, DataError
-from qat_lab.models.gpt import GPTConfig, count_parameters_for
-from qat_lab.quant.fake_quant import QuantConfig, validate_bits
+from qat_lab import validation as v
+from qat_lab.data.config import DataConfig
+from qat_lab.errors import ConfigError
+from qat_lab.models.config import GPTConfig
+from qat_lab.quant.config import QuantConfig
 from qat_lab.schedules import ScheduleConfig
 
-
-CORPORA = ("shakespeare", "python_stdlib", "text", "hf", "shards")
-TOKENIZERS = ("bytes", "bpe", "file", "none")
-DEFAULT_BPE_VOCAB = 1024
-
-
-@dataclass
-class DataConfig:
-    """Which text to train on and how it is cut into batches (docs/data.md)."""
-
-    corpus: str = "shakespeare"
-    """'shakespeare' (embedded, ~5 MB of plays), 'python_stdlib' (~13 MB of .py files), 'text', 'hf' or 'shards'."""
-    path: str | None = None
-    """For corpus='text'/'hf': a file, or a folder searched with `glob`; for 'shards': the shard folder."""
-    glob: str = "**/*.txt"
-    """Files taken from a `path` folder (sorted by path, so the order is reproducible)."""
-    tokenizer: str = "bytes"
-    """'bytes' (vocab 256), 'bpe' (byte-level BPE trained on the train split), 'file' (`tokenizer_file`) or 'none' (shards only; no bpb)."""
-    vocab_size: int | None = None
-    """Model vocabulary: the BPE size to train (default 1024); else None = the tokenizer's, or larger to pad; required for 'none'."""
-    tokenizer_file: str | None = None
-    """For tokenizer='file': a `tokenizers` JSON; for corpus='shards' it defaults to <path>/tokenizer.json."""
-    tokenizer_train_bytes: int = 100_000_000
-    """A BPE is trained on at most this many bytes from the start of the train split."""
-    train_glob: str = "*_train_*.bin"
-    """For corpus='shards': the train shards under `path` (sorted; modded-nanogpt / parameter-golf names)."""
-    val_glob: str = "*_val_*.bin"
-    """For corpus='shards': the val shards under `path` (sorted)."""
-    hf_format: str | None = None
-    """For corpus='hf': the `datasets` builder 'text', 'json' or 'parquet'; None = from the file suffixes."""
-    text_field: str = "text"
-    """For corpus='hf' with json/parquet rows: the column holding the text."""
-    cache_dir: str | None = None
-    """Where trained tokenizers and tokenised corpora are cached; None = $QAT_LAB_CACHE or ~/.cache/qat_lab."""
-    seq_len: int = 128
-    """Tokens per training sequence (the model sees seq_len tokens, predicts the next one each)."""
-    batch_size: int = 32
-    """Sequences per optimiser step."""
-    val_fraction: float = 0.05
-    """The last fraction of the token stream is held out for validation (deterministic split; not for shards)."""
-    val_tokens: int = 32768
-    """Validation tokens used for the final evaluation (fixed, contiguous windows)."""
-
-    def __post_init__(self) -> None:
-        if self.corpus not in CORPORA:
-            raise ConfigError(f"data.corpus={self.corpus} is not one of {', '.join(CORPORA)}")
-        if self.tokenizer not in TOKENIZERS:
-            raise ConfigError(f"data.tokenizer={self.tokenizer} is not supported: use one of {', '.join(TOKENIZERS)}")
-        if self.corpus in ("text", "hf", "shards"):
-            name = "data=" + self.corpus
-            if not self.path:
-                raise ConfigError(f"{name} needs path=<{'shard folder' if self.corpus == 'shards' else 'file or folder'}>"
-                                  + (" (e.g. qatlab data=text path=notes.txt)" if self.corpus == "text" else ""))
-            if not Path(self.path).expanduser().exists():
-                raise DataError(f"path={self.path} does not exist")
-            if self.corpus == "shards" and not Path(self.path).expanduser().is_dir():
-                raise DataError(f"path={self.path} is not a folder of token shards")
-        for key in ("seq_len", "batch_size", "val_tokens", "tokenizer_train_bytes"):
-            if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) <= 0:
-                raise ConfigError(f"data.{key}={getattr(self, key)} must be a positive integer")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
-        v = self.vocab_size
-        if v is not None and (isinstance(v, bool) or int(v) != v or v <= 0):
-            raise ConfigError(f"data.vocab_size={v} must be a positive integer or null")
-        if self.tokenizer == "bpe":
-            if self.corpus == "shards":
-                raise ConfigError("data.tokenizer=bpe trains on text, but shards are already tokenised: use "
-                                  "data.tokenizer=file (their tokenizer.json), bytes, or none with data.vocab_size")
-            self.vocab_size = DEFAULT_BPE_VOCAB if v is None else v
-            if not 257 <= self.vocab_size <= 65536:
-                raise ConfigError(f"data.vocab_size={self.vocab_size} must be in [257, 65536] for a byte-level BPE")
-        elif self.tokenizer == "bytes" and v is not None and v < 256:
-            raise ConfigError(f"data.vocab_size={v} is smaller than the byte tokenizer's 256")
-        elif self.tokenizer == "none":
-            if self.corpus != "shards":
-                raise ConfigError("data.tokenizer=none is only for data=shards (token ids without a tokenizer)")
-            if v is None:
-                raise ConfigError("data.tokenizer=none needs data.vocab_size=<N> (the shards' vocabulary)")
-        elif self.tokenizer == "file":
-            if not self.tokenizer_file and self.corpus != "shards":
-                raise ConfigError("data.tokenizer=file needs data.tokenizer_file=<tokenizer.json>")
-            if self.tokenizer_file and not Path(self.tokenizer_file).expanduser().is_file():
-                raise DataError(f"data.tokenizer_file={self.tokenizer_file} does not exist")
-        if self.hf_format is not None and self.hf_format not in ("text", "json", "parquet"):
-            raise ConfigError(f"data.hf_format={self.hf_format} is not one of text, json, parquet (or null)")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
+"""Lightning's precision strings that qat_lab runs ('auto' is ours: bf16-mixed on GPU, 32-true on CPU).
+tests/test_config.py keeps them a subset of Lightning's own list."""
 
 
 @dataclass
 class TrainerConfig:
-    """How long and where to train; what to measure along the way."""
+    """How long and where to train; what to measure along the way; when a run has diverged."""
 
     steps: int = 150
     """Optimiser steps (the run length T that the LR schedule spans)."""
     tokens_per_param: float | None = None
     """If set, steps = ceil(tokens_per_param x non-embedding params / tokens per step) (e.g. 20 = Chinchilla)."""
-    accelerator: str = "auto"
-    """Lightning accelerator: 'auto' (GPU if present), 'cpu', 'gpu'."""
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    """Lightning accelerator: 'auto' (GPU if present), 'cpu', 'gpu'/'cuda', 'mps'."""
     devices: Any = 1
-    """Lightning devices (an int, or 'auto'); more than one trains data-parallel (DDP)."""
-    strategy: str = "auto"
-    """Lightning strategy: 'auto', 'ddp' (one process per device), ..."""
+    """Lightning devices: a positive int, 'auto', -1 (all) or a list of device indices; more than one trains data-parallel (DDP)."""
+    strategy: Literal["auto", "ddp"] = "auto"
+    """Lightning strategy: 'auto', or 'ddp' (one process per device)."""
     precision: str = "auto"
-    """'auto' = bf16-mixed on GPU, 32-true on CPU; or any Lightning precision string."""
+    """'auto' = bf16-mixed on GPU, 32-true on CPU; or one of PRECISIONS."""
     threads: int | None = None
     """torch CPU threads; None leaves PyTorch's default (one per core)."""
     val_every: int = 50
@@ -135,8 +53,12 @@ class TrainerConfig:
     """Batches in each quick validation (the final evaluation uses data.val_tokens)."""
     grid_every: int = 50
     """Measure the weight-to-grid distance every this many steps (also pre-warmdown and at the end)."""
-    max_loss: float = 100.0
-    """A train loss above this (or NaN/inf) marks the run diverged and stops it."""
+    max_loss: float | None = None
+    """A train loss above this at any step marks the run diverged at once; None = no fixed cap (the
+    data-defined rules of docs/reliability.md still apply)."""
+    divergence_grace: int | None = None
+    """Steps before a train loss above ln(vocab) (worse than uniform) counts as divergence; None =
+    10% of the run, at least 20 steps."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0 = never); a requeued job resumes from it."""
     grad_clip: float | None = None
@@ -148,29 +70,60 @@ class TrainerConfig:
     long runs; on CPU and for short runs the compile time usually costs more than it saves."""
 
     def __post_init__(self) -> None:
-        if self.tokens_per_param is not None and not self.tokens_per_param > 0:
-            raise ConfigError(f"trainer.tokens_per_param={self.tokens_per_param} must be positive or null")
-        if int(self.steps) != self.steps or self.steps <= 0:
-            raise ConfigError(f"trainer.steps={self.steps} must be a positive integer")
+        v.check_choices(self, "trainer")
+        v.choice("trainer.precision", self.precision, PRECISIONS)
+        self.steps = v.integer("trainer.steps", self.steps, 1)
+        if self.tokens_per_param is not None:
+            v.positive("trainer.tokens_per_param", self.tokens_per_param)
+        self.devices = check_devices(self.devices)
         for key in ("val_every", "grid_every", "val_batches", "checkpoint_every"):
-            if int(getattr(self, key)) != getattr(self, key) or getattr(self, key) < 0:
-                raise ConfigError(f"trainer.{key}={getattr(self, key)} must be a non-negative integer")
-        if not self.max_loss > 0:
-            raise ConfigError(f"trainer.max_loss={self.max_loss} must be positive")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"trainer.grad_clip={self.grad_clip} must be positive or null")
-        if self.threads is not None and (int(self.threads) != self.threads or self.threads <= 0):
-            raise ConfigError(f"trainer.threads={self.threads} must be a positive integer or null")
+            setattr(self, key, v.integer(f"trainer.{key}", getattr(self, key), 0))
+        if self.max_loss is not None:
+            v.positive("trainer.max_loss", self.max_loss)
+        if self.divergence_grace is not None:
+            self.divergence_grace = v.integer("trainer.divergence_grace", self.divergence_grace, 0)
+        if self.grad_clip is not None:
+            v.positive("trainer.grad_clip", self.grad_clip)
+        if self.threads is not None:
+            self.threads = v.integer("trainer.threads", self.threads, 1)
+        v.boolean("trainer.progress", self.progress)
+        v.boolean("trainer.compile", self.compile)
+
+    @property
+    def multi_device(self) -> bool:
+        d = self.devices
+        return d == "auto" or d == -1 or (isinstance(d, list) and len(d) > 1) or (isinstance(d, int) and d > 1)
+
+    def grace_steps(self) -> int:
+        """The divergence grace period in steps (see divergence_grace)."""
+        if self.divergence_grace is not None:
+            return self.divergence_grace
+        return max(20, round(0.1 * self.steps))
+
+
+def check_devices(devices: Any) -> Any:
+    """trainer.devices: a positive int, 'auto', -1 (every device) or a non-empty list of indices."""
+    if devices in ("auto", -1):
+        return devices
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        items = list(devices)
+        if items and all(v.is_number(i) and float(i).is_integer() and i >= 0 for i in items):
+            return [int(i) for i in items]
+    elif v.is_number(devices) and float(devices).is_integer() and devices >= 1:
+        return int(devices)
+    raise ConfigError(f"trainer.devices={devices} must be a positive integer, auto, -1 (all) or a list of device "
+                      "indices")
 
 
 @dataclass
 class LoggerConfig:
     """Where metrics go besides the run record and metrics.csv (always written)."""
 
-    backend: str = "wandb"
+    backend: Literal["wandb", "none"] = "wandb"
     """'wandb' (Lightning's WandbLogger) or 'none'."""
-    mode: str = "offline"
-    """W&B mode: 'offline' (default: no account, no network; `wandb sync` later) or 'online'."""
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """W&B mode: 'offline' (default: no account, no network; `wandb sync` later), 'online' or 'disabled'.
+    WANDB_MODE=disabled in the environment wins over this."""
     project: str = "qat_lab"
     """W&B project."""
     entity: str | None = None
@@ -179,11 +132,8 @@ class LoggerConfig:
     """Extra W&B tags."""
 
     def __post_init__(self) -> None:
-        if self.backend not in ("wandb", "none"):
-            raise ConfigError(f"logger.backend={self.backend} is not one of wandb, none")
-        if self.mode not in ("offline", "online", "disabled"):
-            raise ConfigError(f"logger.mode={self.mode} is not one of offline, online, disabled")
-        self.tags = list(self.tags)
+        v.check_choices(self, "logger")
+        self.tags = [str(t) for t in self.tags]
 
 
 @dataclass
@@ -197,7 +147,6 @@ class RunSpec:
     data: DataConfig
     trainer: TrainerConfig
     logger: LoggerConfig
-    bits: int
     warmdown: float
     lr_mult: float
     seed: int
@@ -210,7 +159,11 @@ class RunSpec:
 
     @property
     def data_name(self) -> str:
-        """The data axis: the corpus, with the file/folder name for user data ('text:notes.txt')."""
+        """The data axis, a readable label: the corpus, with the file/folder name for user data
+        ('text:notes.txt'). Runs are identified by the corpus fingerprint (records.identity), never
+        by this label."""
+        from pathlib import Path
+
         c = self.data.corpus
         return c if c in ("shakespeare", "python_stdlib") else f"{c}:{Path(self.data.path).name}"
 
@@ -221,9 +174,9 @@ class RunSpec:
         return t if t == "bytes" or self.data.vocab_size is None else f"{t}{self.data.vocab_size}"
 
     def axes(self) -> dict[str, Any]:
-        """The flat sweep axes written to the run record and the top of the W&B config."""
+        """The flat, named sweep axes written to the run record and the top of the W&B config."""
         return {
-            "bits": self.bits, "warmdown": self.warmdown, "lr_mult": self.lr_mult,
+            "bits": self.quant.bits, "warmdown": self.warmdown, "lr_mult": self.lr_mult,
             "model": self.model.name, "optim": self.optim.name, "schedule": self.schedule_name,
             "seed": self.seed, "steps": self.trainer.steps, "data": self.data_name, "tokenizer": self.tokenizer_name,
             "seq_len": self.data.seq_len, "batch_size": self.data.batch_size,
@@ -234,51 +187,44 @@ VOCAB_FOR_BUDGET = 256
 """Non-embedding counts do not depend on the vocabulary; any vocab gives the same budget."""
 
 GROUPS = ("model", "quant", "optim", "schedule", "data", "trainer", "logger")
+TOP_LEVEL = ("bits", "warmdown", "lr_mult", "seed", "path", *GROUPS)
+"""Every top-level key of conf/config.yaml: anything else (`+warmdwn=0.1`) is a typo."""
 
 
-def _build_group(name: str, node: DictConfig) -> Any:
-    """Build the dataclass that a config group names in `_target_`; one-line errors."""
-    values = OmegaConf.to_container(node, resolve=True)
-    target = values.pop("_target_", None)
-    if target is None:
-        raise ConfigError(f"config group '{name}' has no _target_")
-    cls = get_class(target)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _check_top_level(cfg: DictConfig) -> None:
+    unknown = sorted(k for k in cfg.keys() if k not in TOP_LEVEL)
     if unknown:
-        raise ConfigError(f"{name}.{unknown[0]} is not an option of {cls.__name__} (known: {', '.join(sorted(known))})")
-    try:
-        return cls(**values)
-    except (ConfigError, DataError):
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{name}: {e}") from None
+        key = str(unknown[0])
+        near = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{key} is not a qatlab setting{hint}; top-level keys: {', '.join(TOP_LEVEL)}")
 
 
-def _number(cfg: DictConfig, key: str) -> Any:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{key}={value} is not a number")
-    return value
+def _mirror(cfg: DictConfig, top: str, inner: str, value: Any) -> None:
+    """A group reads a top-level axis through interpolation; overriding the group's copy directly
+    would record one value and train with another, so it must agree."""
+    top_value = cfg.get(top)
+    if v.is_number(top_value) and v.is_number(value) and float(top_value) != float(value):
+        raise ConfigError(f"{inner}={value} differs from {top}={top_value}: set the top-level {top} instead")
 
 
 def build_spec(cfg: DictConfig) -> RunSpec:
     """Validate a composed config and return the typed RunSpec (raises ConfigError/DataError)."""
-    bits = validate_bits(cfg.get("bits"))
-    warmdown = cfg.get("warmdown")
-    if isinstance(warmdown, bool) or not isinstance(warmdown, (int, float)) or not 0.0 <= warmdown <= 1.0:
-        raise ConfigError(f"warmdown={warmdown} is not valid: use a fraction of the run in [0, 1]")
-    lr_mult = _number(cfg, "lr_mult")
-    if lr_mult <= 0:
-        raise ConfigError(f"lr_mult={lr_mult} must be positive")
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed={seed} must be a non-negative integer")
-    built = {name: _build_group(name, cfg[name]) for name in GROUPS}
-    spec = RunSpec(**built, bits=bits, warmdown=float(warmdown), lr_mult=float(lr_mult), seed=seed)
+    _check_top_level(cfg)
+    lr_mult = v.positive("lr_mult", cfg.get("lr_mult"))
+    seed = v.integer("seed", cfg.get("seed"), 0)
+    built = {}
+    for name in GROUPS:
+        values = OmegaConf.to_container(cfg[name], resolve=True)
+        built[name] = v.build_dataclass(values, name)
+    _mirror(cfg, "bits", "quant.bits", built["quant"].bits)
+    _mirror(cfg, "warmdown", "schedule.warmdown", built["schedule"].warmdown)
+    spec = RunSpec(**built, warmdown=float(built["schedule"].warmdown), lr_mult=lr_mult, seed=seed)
+    spec.quant.check_widths({f"{n} ({o}x{i})": i for n, (o, i) in spec.model.block_matrices().items()}
+                            | ({"embedding": spec.model.d_model} if spec.quant.quantise_embedding else {}))
     if spec.trainer.tokens_per_param is not None:
         # A token budget proportional to model size: the run length follows the model preset.
-        n = count_parameters_for(spec.model, VOCAB_FOR_BUDGET)["non_embedding"]
+        n = spec.model.parameter_counts(VOCAB_FOR_BUDGET)["non_embedding"]
         per_step = spec.data.batch_size * spec.data.seq_len
         spec.trainer.steps = max(1, math.ceil(spec.trainer.tokens_per_param * n / per_step))
     return spec

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -39,16 +40,17 @@ def mean_loss(model: GPT, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     return total / max(count, 1)
 
 
-def final_evaluation(model: GPT, bits: int, qcfg: QuantConfig, batches: list, to_bpb: Callable[[float], float],
+def final_evaluation(model: GPT, qcfg: QuantConfig, batches: list, to_bpb: Callable[[float], float],
                      autocast: Callable[[], ContextManager] = nullcontext, ptq_bits: Iterable[int] = PTQ_BITS) -> dict:
-    """All end-of-run losses; see the module docstring. Returns a flat dict for the run record."""
+    """All end-of-run losses at the run's quantiser settings (qcfg, bit-width included); see the
+    module docstring. Returns a flat dict for the run record."""
     with latent_weights(model):
         latent = mean_loss(model, batches, autocast)
     losses = {FP_BITS: latent}
-    for b in sorted({bits, *ptq_bits} - {FP_BITS}, reverse=True):
-        with round_trip_weights(model, b, qcfg):
+    for b in sorted({qcfg.bits, *ptq_bits} - {FP_BITS}, reverse=True):
+        with round_trip_weights(model, replace(qcfg, bits=b)):
             losses[b] = mean_loss(model, batches, autocast)
-    val = losses[bits]
+    val = losses[qcfg.bits]
     out = {
         "val_loss": val, "val_bpb": to_bpb(val),
         "latent_val_loss": latent, "latent_val_bpb": to_bpb(latent),

@@ -25,19 +25,18 @@ class QATLanguageModel(L.LightningModule):
         super().__init__()
         self.spec = spec
         self.model = GPT(spec.model, vocab_size)
-        self.quantised = apply_qat(self.model, spec.bits, spec.quant)
+        self.quantised = apply_qat(self.model, spec.quant)
         self.automatic_optimization = False
         self.step = 0
         """Optimiser updates done so far (== index of the next update)."""
         self.last_loss = math.nan
+        """Loss of the last training batch (what callbacks/monitor.py records and checks)."""
         self.last_lrs: dict[str, float] = {}
-        self.diverged_at: int | None = None
-        self.pending_metrics: dict[str, float] = {}
-        """Measurements callbacks took at the start of this step; MetricsHistory writes them."""
+        """The LR every parameter group used for the last update."""
 
     def parameter_counts(self) -> dict[str, int]:
         counts = count_parameters(self.model)
-        counts["quantised"] = sum(m.weight.numel() for m in self.model.modules() if getattr(m, "bits", None))
+        counts["quantised"] = sum(m.weight.numel() for m in self.model.modules() if hasattr(m, "qcfg"))
         return counts
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:

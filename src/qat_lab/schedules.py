@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
-from qat_lab.errors import ConfigError
+from qat_lab import validation as v
 
 DECAY_SHAPES = {
     "linear": lambda r: 1.0 - r,
@@ -30,11 +31,11 @@ DECAY_SHAPES = {
 class ScheduleConfig:
     """LR schedule. The warmdown fraction is the top-level `warmdown` axis (wd33 = 0.33)."""
 
-    kind: str = "wsd"
+    kind: Literal["wsd", "cosine", "constant"] = "wsd"
     """'wsd' (warmup-stable-decay), 'cosine' or 'constant'."""
     warmdown: float = 0.33
     """Fraction of all steps spent decaying (wsd only); set from the top-level `warmdown`."""
-    decay_shape: str = "linear"
+    decay_shape: Literal["linear", "cosine", "sqrt"] = "linear"
     """Shape of the wsd decay: 'linear' 1-r, 'cosine' (1+cos(pi r))/2, 'sqrt' 1-sqrt(r)."""
     warmup_steps: int = 0
     """Linear warmup steps from ~0 to peak (counted inside the total)."""
@@ -42,16 +43,12 @@ class ScheduleConfig:
     """LR at the end of the decay as a fraction of peak."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("wsd", "cosine", "constant"):
-            raise ConfigError(f"schedule.kind={self.kind} is not one of wsd, cosine, constant")
-        if self.decay_shape not in DECAY_SHAPES:
-            raise ConfigError(f"schedule.decay_shape={self.decay_shape} is not one of {', '.join(DECAY_SHAPES)}")
-        if isinstance(self.warmdown, bool) or not isinstance(self.warmdown, (int, float)) or not 0.0 <= self.warmdown <= 1.0:
-            raise ConfigError(f"warmdown={self.warmdown} is not valid: use a fraction of the run in [0, 1]")
-        if int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
-            raise ConfigError(f"schedule.warmup_steps={self.warmup_steps} must be a non-negative integer")
-        if not 0.0 <= self.final_lr_frac <= 1.0:
-            raise ConfigError(f"schedule.final_lr_frac={self.final_lr_frac} must be in [0, 1]")
+        v.check_choices(self, "schedule")
+        # The top-level `warmdown` reaches this field by interpolation: name it the way users set it.
+        self.warmdown = v.in_range("warmdown", self.warmdown, 0.0, 1.0,
+                                   hint="is not valid: use a fraction of the run in [0, 1]")
+        self.warmup_steps = v.integer("schedule.warmup_steps", self.warmup_steps, 0)
+        v.in_range("schedule.final_lr_frac", self.final_lr_frac, 0.0, 1.0)
 
     def warmdown_start(self, total_steps: int) -> int:
         """First step of the decay window t0 (== total_steps when there is no decay)."""

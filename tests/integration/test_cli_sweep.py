@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import BIN, TINY, run_cli
 
 pytestmark = pytest.mark.slow
@@ -106,5 +106,5 @@ def test_ctrl_c_leaves_no_completed_record(tmp_path):
     r = json.loads(record.read_text())
     assert r["status"] == "interrupted"
     # And a re-run of that job does not skip it.
-    from qat_lab.runs import completed_record
+    from qat_lab.records import completed_record
     assert completed_record(run_dir) is None

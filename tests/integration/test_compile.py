@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from qat_lab.data.corpora import shakespeare_dir
-from qat_lab.runs import read_record
-from tests.integration.conftest import TINY, run_cli
+from qat_lab.records import read_record
+from tests.integration.conftest import BIN, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ def test_token_shards_train_end_to_end(tmp_path: Path):
     text = tmp_path / "play.txt"
     text.write_bytes(play.read_bytes()[:400_000])
     out, cache = tmp_path / "shards", tmp_path / "cache"
-    tool = subprocess.run([sys.executable, "-m", "qat_lab.data.shards", str(out), "--path", str(text),
+    tool = subprocess.run([str(BIN / "qatlab-shards"), str(out), "--path", str(text),
                            "--vocab-size", "512", "--shard-tokens", "20000", "--cache-dir", str(cache)],
                           capture_output=True, text=True, timeout=300)
     assert tool.returncode == 0, tool.stderr[-3000:]

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import TINY, run_cli
 
 pytestmark = pytest.mark.slow

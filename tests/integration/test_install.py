@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import TINY
 
 pytestmark = pytest.mark.slow

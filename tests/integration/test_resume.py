@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from qat_lab.runs import read_record
+from qat_lab.records import read_record
 from tests.integration.conftest import BIN, run_cli
 
 pytestmark = pytest.mark.slow

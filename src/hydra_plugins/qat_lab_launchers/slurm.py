@@ -21,7 +21,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _HydraSlurmLauncher
 from omegaconf import OmegaConf
 
-from qat_lab.runs import mark_unfinished_failed, write_record
+from qat_lab.records import job_identity, mark_unfinished_failed, never_started_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,11 @@ class SlurmLauncher(_HydraSlurmLauncher):
 
     def _record_never_started(self, sweep_dir: Path, overrides: list[str], job_num: int, reason: str) -> None:
         """A job killed before it wrote a record still gets one, so nothing goes missing silently."""
-        from qat_lab.train import identity, never_started_record
-
         cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
         name = str(cfg.hydra.job.override_dirname)
         job_dir = sweep_dir / str(cfg.hydra.sweep.subdir)
         task_cfg = OmegaConf.create({k: v for k, v in cfg.items() if k != "hydra"})
-        write_record(job_dir, never_started_record(task_cfg, identity(job_dir, sweep_dir, name, job_num), reason))
+        write_record(job_dir, never_started_record(task_cfg, job_identity(job_dir, sweep_dir, name, job_num), reason))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from submitit.core.utils import UncompletedJobError

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from qat_lab import summary
+from qat_lab.records import identity
 
 NOT_CELL_AXES = ("warmdown", "seed")
 CELL_ID = "cell"
@@ -50,7 +50,10 @@ def add_pairing(table: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     penalty = np.full(len(table), np.nan)
     partner: list[str | None] = [None] * len(table)
     run_ids = table["run_id"].tolist()
-    for k, p, j in zip(used, summary.penalties(used_records), summary.fp_partners(used_records)):
+    idents = [identity.run_identity(r) for r in used_records]
+    partners = identity.fp16_partners(idents, [True] * len(used_records))
+    pens = identity.penalties(used_records)
+    for k, p, j in zip(used, pens, partners):
         if j is not None:
             penalty[k] = p
             partner[k] = run_ids[used[j]]

@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from qat_lab import runs
+from qat_lab import records as runs
 from qat_lab.errors import RunRecordError
 
 
@@ -147,11 +147,14 @@ def load_local(paths: Iterable[str | Path]) -> RunSet:
         runset.inputs.append(str(given))
         record_paths = [root] if root.is_file() else runs.find_records(root)
         # A sweep dir, or a dir of sweeps: each sweep's multirun.yaml says how many jobs to expect.
+        # Sweeps are known by the dir they are in now (a renamed or copied sweep is analysed as it
+        # is), never by the sweep id its records were written with.
         sweep_dirs = [d for d in ([root, *root.iterdir()] if root.is_dir() else []) if (d / "multirun.yaml").is_file()]
         for sweep_dir in sweep_dirs:
             count = _expected_jobs(sweep_dir)
             if count is not None:
                 runset.expected_jobs[sweep_dir.name] = count
+        sweep_of = {d.resolve(): d.name for d in sweep_dirs}
         for path in record_paths:
             path = path.resolve()
             if path in seen:  # the same sweep named twice, or a sweep and a dir inside it
@@ -164,6 +167,9 @@ def load_local(paths: Iterable[str | Path]) -> RunSet:
                 continue
             # The history lives beside the record (the record's job_dir is stale if the sweep moved).
             history = path.parent / record.get("history_file", runs.HISTORY_NAME)
+            holder = next((sweep_of[d] for d in path.parents if d in sweep_of), None)
+            if holder is not None and holder != record.get("sweep_id"):
+                record = {**record, "sweep_id": holder, "stored_sweep_id": record.get("sweep_id")}
             runset.runs.append(Run(run_id=str(path), record=record, load_history=_history_loader(history)))
     return runset
 
@@ -262,10 +268,11 @@ def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
 
     if "bits" in axes:
         # The grid the distances were measured on (the record has it as results.grid_bits).
-        from qat_lab.quant import QuantConfig, grid_bits_for
+        from qat_lab.quant.config import QuantConfig
+        from qat_lab.validation import build_dataclass
 
-        quant = {k: v for k, v in (cfg.get("quant") or {}).items() if k != "_target_"}
-        results["grid_bits"] = grid_bits_for(int(axes["bits"]), QuantConfig(**quant))
+        quant = {**(cfg.get("quant") or {}), "bits": int(axes["bits"])}
+        results["grid_bits"] = build_dataclass(quant, "quant", QuantConfig).grid_bits
     summary = run.summary
     status = summary.get("status") or WANDB_STATES.get(str(run.state).lower(), "failed")
     if status == "completed" and not math.isfinite(results["val_loss"]):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qat_lab import runs
+from qat_lab import records as runs
 from qat_lab.analysis import annealing_law
 from qat_lab.schedules import ScheduleConfig
 

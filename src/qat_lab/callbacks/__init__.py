@@ -1,14 +1,19 @@
-"""Lightning callbacks: what is measured while a model trains.
+"""What is measured, written and checked while a model trains: one Lightning callback
+(TrainingMonitor, monitor.py: the order of everything at step t) calling small plain pieces.
 
-Callbacks that measure something put it in `pl_module.pending_metrics` at the start of a step
-(the state of the weights entering step t); `MetricsHistory`, which must come last, writes one row
-per step with those measurements, the train loss and the LR of every parameter group.
+    grid_distance.py  GridProbe: weight-to-grid distance (and the pre-warmdown snapshot)
+    validation.py     QuickValidation: a few fixed val batches
+    history.py        History: metrics.csv, one row per step, and the loggers' rows
+    divergence.py     DivergenceRule and final_divergence: when a run has diverged
+    checkpoint.py     Checkpointer and load_checkpoint: safe, resumable step checkpoints
 """
 
-from qat_lab.callbacks.checkpoint import StepCheckpoint, load_checkpoint
-from qat_lab.callbacks.divergence import DivergenceGuard
-from qat_lab.callbacks.grid_distance import GridDistanceMonitor
-from qat_lab.callbacks.history import MetricsHistory
+from qat_lab.callbacks.checkpoint import Checkpointer, load_checkpoint
+from qat_lab.callbacks.divergence import Divergence, DivergenceRule, final_divergence
+from qat_lab.callbacks.grid_distance import GridProbe
+from qat_lab.callbacks.history import History, rows_before
+from qat_lab.callbacks.monitor import TrainingMonitor
 from qat_lab.callbacks.validation import QuickValidation
 
-__all__ = ["StepCheckpoint", "load_checkpoint", "DivergenceGuard", "GridDistanceMonitor", "MetricsHistory", "QuickValidation"]
+__all__ = ["TrainingMonitor", "GridProbe", "QuickValidation", "History", "rows_before", "Divergence",
+           "DivergenceRule", "final_divergence", "Checkpointer", "load_checkpoint"]

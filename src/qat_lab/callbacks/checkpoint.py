@@ -1,58 +1,123 @@
-"""Step checkpoints, so a requeued (preempted or timed-out) Slurm job resumes instead of restarting.
+"""Step checkpoints, so a requeued (preempted or timed-out) job resumes instead of restarting.
 
 Every `every` steps the job dir gets checkpoint.pt (atomically replaced): model and optimiser
-states, the step counter, the RNG state and the pre-warmdown grid snapshot. Because batch t is a
-function of (seed, t) only, resuming at step t sees exactly the batches the lost run would have.
-The checkpoint is deleted when the run ends (completed or diverged): it exists only to resume.
+states, the step counter, the RNG state and the pre-warmdown grid snapshot, plus the job's
+config fingerprint (qat_lab.records.identity). Because batch t is a function of (seed, t) only,
+resuming at step t sees exactly the batches the lost run would have. The checkpoint is deleted
+when the run ends (completed or diverged): it exists only to resume.
+
+A checkpoint is untrusted input: it is read with torch.load(weights_only=True), which unpickles
+only tensors and plain containers, never code. One that cannot be read (cut short by a kill, or
+not ours), or that belongs to another configuration, is set aside under a new name with one line
+saying so, and the job starts from step 0.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import time
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
+from qat_lab.atomic import atomic_output
+
 CHECKPOINT_NAME = "checkpoint.pt"
+FORMAT = "qatlab-checkpoint/1"
 
 
-def load_checkpoint(job_dir: str | Path) -> dict[str, Any] | None:
+def set_aside(path: Path, why: str) -> Path:
+    """Rename an unusable checkpoint out of the way (kept for inspection, never loaded again)."""
+    aside = path.with_name(f"{path.name}.{why}-{time.strftime('%Y%m%dT%H%M%S')}")
+    path.rename(aside)
+    return aside
+
+
+def _problem(state: Any, fingerprint: str, steps: int) -> str | None:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        return "is not a qatlab checkpoint"
+    if state.get("fingerprint") != fingerprint:
+        return "was written by another configuration"
+    step = state.get("step")
+    if not isinstance(step, int) or not 0 < step < steps:
+        return f"holds step {step!r}, outside this run's 1..{steps - 1}"
+    return None
+
+
+def load_checkpoint(job_dir: str | Path, fingerprint: str, steps: int) -> tuple[dict | None, str | None]:
+    """(state to resume from or None, a line to print when a checkpoint was set aside)."""
     path = Path(job_dir) / CHECKPOINT_NAME
     if not path.exists():
-        return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+        return None, None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        problem = _problem(state, fingerprint, steps)
+    except Exception as e:  # torch raises many types for a bad file (zip, pickle, EOF, ...)
+        problem = f"cannot be read ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+    if problem is None:
+        return state, None
+    aside = set_aside(path, "unusable")
+    return None, f"{path} {problem}: set aside as {aside.name}; starting from step 0"
 
 
-class StepCheckpoint(L.Callback):
-    def __init__(self, job_dir: str | Path, every: int, grid_monitor, resume: dict[str, Any] | None = None):
+class _Writer(io.RawIOBase):
+    """A file wrapper that remembers the OSError of a failed write."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+
+class Checkpointer:
+    """Saves the state a resumed job needs; restores the part that exists only once fit started."""
+
+    def __init__(self, job_dir: str | Path, every: int, fingerprint: str, total_steps: int):
         self.path = Path(job_dir) / CHECKPOINT_NAME
-        self.every, self.grid, self.resume = every, grid_monitor, resume
+        self.every, self.fingerprint, self.total = every, fingerprint, total_steps
 
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        if self.resume is None:
-            return
-        # Optimisers exist only once fit has called configure_optimizers: restore them here.
-        for opt, state in zip(pl_module.raw_optimizers, self.resume["optimizers"]):
-            opt.load_state_dict(state)
-        torch.set_rng_state(self.resume["torch_rng"])
+    def due(self, steps_done: int) -> bool:
+        return bool(self.every) and steps_done % self.every == 0 and 0 < steps_done < self.total
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.every and pl_module.step % self.every == 0 and pl_module.diverged_at is None and trainer.is_global_zero:
-            self.save(pl_module)
-
-    def save(self, pl_module) -> None:
+    def save(self, pl_module, grid_pre_warmdown) -> None:
+        pre = None if grid_pre_warmdown is None else [float(grid_pre_warmdown[0]),
+                                                     {k: float(x) for k, x in grid_pre_warmdown[1].items()}]
         state = {
+            "format": FORMAT, "fingerprint": self.fingerprint,
             "step": pl_module.step,
             "model": pl_module.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in pl_module.raw_optimizers],
             "torch_rng": torch.get_rng_state(),
-            "grid_pre_warmdown": self.grid.pre_warmdown,
+            "grid_pre_warmdown": pre,
         }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        with atomic_output(self.path) as tmp, open(tmp, "wb") as f:
+            writer = _Writer(f)
+            try:
+                torch.save(state, writer)
+            except RuntimeError:
+                # torch reports a failed write (a full disk) as its own RuntimeError; surface the
+                # storage error it hides, so the job's one line says what happened.
+                if writer.error is not None:
+                    raise writer.error from None
+                raise
+
+    @staticmethod
+    def restore_optimisers(pl_module, state: dict) -> None:
+        """Optimisers exist only once fit has called configure_optimizers: restore them then."""
+        for opt, saved in zip(pl_module.raw_optimizers, state["optimizers"]):
+            opt.load_state_dict(saved)
+        torch.set_rng_state(state["torch_rng"])
 
     def discard(self) -> None:
-        self.path.unlink(missing_ok=True)
+        """Remove the run's checkpoint once it is over (only if this run writes checkpoints)."""
+        if self.every:
+            self.path.unlink(missing_ok=True)

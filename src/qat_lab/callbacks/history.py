@@ -1,67 +1,83 @@
-"""Per-step history: one row per optimiser step to metrics.csv and to every Lightning logger.
+"""metrics.csv: one row per optimiser step, written while the run trains (docs/run_record.md).
 
-Row t holds the train loss of batch t, the LR every parameter group used for update t, and any
-measurement taken on the weights entering step t (grid distance, quick validation). A last row at
-t = steps holds the end-of-run measurements. Loss and LRs share a row, so nothing has to be
-joined back together when runs are pulled from W&B.
+Row t holds the train loss of batch t, the LR every parameter group used for update t, and every
+measurement taken on the weights entering step t; a last row at t = steps holds the end-of-run
+measurements. Loss and LRs share a row, so nothing has to be joined when runs come back from W&B.
+The same rows go to every Lightning logger.
+
+Written with the csv module rather than Lightning's CSVLogger: the CSVLogger buffers metrics per
+`log_every_n_steps` and writes its own header layout and version folders, where the analysis and
+resumption need exactly one row per step in one file, cut back to a checkpoint's step on resume.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
-import lightning as L
-
-from qat_lab.runs import HISTORY_NAME
+from qat_lab.atomic import atomic_output
+from qat_lab.records import HISTORY_NAME
 
 MEASURED_COLUMNS = ("val_loss", "val_bpb", "grid_distance")
 
 
-class MetricsHistory(L.Callback):
-    def __init__(self, job_dir: str | Path, flush_every: int = 20, resume_step: int = 0):
+def rows_before(path: Path, step: int) -> list[dict[str, str]] | None:
+    """The rows 0..step-1 of a history, or None unless it holds exactly those steps (once each)."""
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("step") not in (None, "") and int(r["step"]) < step]
+    except (OSError, ValueError, csv.Error):
+        return None
+    return rows if [int(r["step"]) for r in rows] == list(range(step)) else None
+
+
+class History:
+    """The run's metrics.csv (rank 0 only) and the loggers' rows."""
+
+    def __init__(self, job_dir: str | Path, flush_every: int = 20):
         self.path = Path(job_dir) / HISTORY_NAME
         self.flush_every = flush_every
-        self.resume_step = resume_step
-        """Resuming at this step: keep the rows before it, drop the ones the lost run wrote after."""
+        self.columns: list[str] = []
         self._file = None
         self._writer: csv.DictWriter | None = None
-        self.columns: list[str] = []
 
-    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
-        if not trainer.is_global_zero:  # one history per run, whatever the number of devices
-            return
-        lr_columns = [f"lr/{name}" for name in pl_module.lr_group_names()]
-        self.columns = ["step", "train_loss", *lr_columns, *MEASURED_COLUMNS]
-        kept = []
-        if self.resume_step and self.path.exists():
-            with open(self.path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["step"]) < self.resume_step]
-        self._file = open(self.path, "w", newline="")
+    def open(self, lr_groups: list[str], resume_step: int = 0) -> None:
+        """Start the file; when resuming at `resume_step`, keep the rows before it (and only
+        those: rows a killed run wrote after its last checkpoint are dropped)."""
+        self.columns = ["step", "train_loss", *(f"lr/{g}" for g in lr_groups), *MEASURED_COLUMNS]
+        kept = rows_before(self.path, resume_step) if resume_step else []
+        if kept is None:
+            raise RuntimeError(f"{self.path} does not hold steps 0..{resume_step - 1}; cannot resume")
+        # The kept rows are rewritten atomically, then the file is appended to: nothing is ever
+        # truncated in place.
+        with atomic_output(self.path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(kept)
+        self._file = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.columns, extrasaction="ignore")
-        self._writer.writeheader()
-        self._writer.writerows(kept)
 
-    def write_row(self, trainer: L.Trainer, step: int, metrics: dict[str, float]) -> None:
-        row = {"step": step, **metrics}
+    def write(self, step: int, metrics: dict[str, float], loggers=()) -> None:
         if self._writer is not None:
-            self._writer.writerow({k: row.get(k, "") for k in self.columns})
+            self._writer.writerow({"step": step, **{k: metrics.get(k, "") for k in self.columns[1:]}})
             if step % self.flush_every == 0:
                 self._file.flush()
         numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        for logger in trainer.loggers:
+        for logger in loggers:
             logger.log_metrics(numeric, step=step)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = pl_module.step - 1  # the update that just happened
-        metrics = {"train_loss": pl_module.last_loss, **{f"lr/{k}": v for k, v in pl_module.last_lrs.items()}}
-        metrics.update(pl_module.pending_metrics)
-        pl_module.pending_metrics.clear()
-        self.write_row(trainer, step, metrics)
+    def make_durable(self) -> None:
+        """Flush and fsync: a checkpoint saved after this finds every row before it on disk."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._writer = None
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+                self._writer = None

@@ -4,20 +4,18 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-
-import lightning as L
+from typing import Callable
 
 from qat_lab.evaluation import mean_loss
 
 
-class QuickValidation(L.Callback):
-    def __init__(self, every: int, batches: list, to_bpb):
+class QuickValidation:
+    def __init__(self, every: int, batches: list, to_bpb: Callable[[float], float | None]):
         self.every, self.batches, self.to_bpb = every, batches, to_bpb
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
-        t = pl_module.step
-        if self.every and t > 0 and t % self.every == 0:
-            autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
-            loss = mean_loss(pl_module.model, self.batches, autocast)
-            pl_module.pending_metrics["val_loss"] = loss
-            pl_module.pending_metrics["val_bpb"] = self.to_bpb(loss)
+    def due(self, step: int) -> bool:
+        return bool(self.every and step > 0 and step % self.every == 0)
+
+    def measure(self, model, autocast=nullcontext) -> dict[str, float | None]:
+        loss = mean_loss(model, self.batches, autocast)
+        return {"val_loss": loss, "val_bpb": self.to_bpb(loss)}

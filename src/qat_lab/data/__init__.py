@@ -1,13 +1,13 @@
 """Corpora, tokenizers (bytes, byte-level BPE), token shards and the LightningDataModule.
 
-Names are imported on first use, so `python -m qat_lab.data.shards` runs without importing its
-own module twice (and light tools need not import Lightning).
+Names are imported on first use, so light tools (the preflight's data check, the shard writer)
+need not import Lightning; `qat_lab.data.config` (DataConfig) imports nothing heavy.
 """
 
 from importlib import import_module
 
 _EXPORTS = {
-    "Corpus": "qat_lab.data.corpora", "load_corpus": "qat_lab.data.corpora",
+    "DataConfig": "qat_lab.data.config", "Corpus": "qat_lab.data.corpora", "load_corpus": "qat_lab.data.corpora",
     "LMDataModule": "qat_lab.data.datamodule", "ByteTokenizer": "qat_lab.data.tokenizer",
     "HFTokenizer": "qat_lab.data.bpe", "ShardSet": "qat_lab.data.shards", "write_shard": "qat_lab.data.shards",
 }

@@ -19,14 +19,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from qat_lab.atomic import atomic_write
 from qat_lab.errors import DataError
 
 BLOCK = 1 << 20
@@ -162,18 +161,8 @@ class HFTokenizer:
         return cls(tk, f"bpe-{vocab_size}")
 
     def save(self, path: str | Path) -> Path:
-        """Write the tokenizer JSON atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.json)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write the tokenizer JSON atomically (readable by others: it is a shared cache)."""
+        return atomic_write(path, self.json)
 
     # --- byte-level facts ----------------------------------------------------------------------
 

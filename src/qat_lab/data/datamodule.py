@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from qat_lab.config import DataConfig
+from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import Corpus, load_corpus
 from qat_lab.data.shards import ShardSet, find_shards, sampled_fingerprint
 from qat_lab.data.tokenizer import ByteTokenizer

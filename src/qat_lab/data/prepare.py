@@ -1,7 +1,7 @@
 """Corpus -> train/val split -> tokenizer -> token shards, streamed, and cached on disk.
 
 Every tokenised dataset goes through one pipeline, whether the data module needs it (a BPE run,
-an `hf` corpus) or a person writes shards for later runs (`python -m qat_lab.data.shards`):
+an `hf` corpus) or a person writes shards for later runs (`qatlab-shards`, main() below):
 
 1. a `Source`: the corpus as a byte stream (documents joined by the corpus separator), its size
    and its fingerprint;
@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from qat_lab.config import DataConfig
+from qat_lab.atomic import atomic_write
 from qat_lab.data import bpe, hf
+from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import DOCUMENT_SEPARATOR, Corpus, load_corpus
 from qat_lab.data.shards import SHARD_TOKENS, ShardWriter, sampled_fingerprint
 from qat_lab.data.tokenizer import ByteTokenizer
@@ -219,10 +220,7 @@ def write_token_shards(source: Source, tokenizer, out_dir: Path, val_fraction: f
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(obj, indent=1))
 
 
 def cached_token_shards(source: Source, tokenizer, val_fraction: float, cache: Path) -> tuple[Path, dict]:
@@ -251,11 +249,11 @@ def cached_token_shards(source: Source, tokenizer, val_fraction: float, cache: P
     return final, json.loads(meta_file.read_text())
 
 
-# --- python -m qat_lab.data.shards -------------------------------------------------------------------
+# --- qatlab-shards (also python -m qat_lab.data.prepare) ----------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m qat_lab.data.shards",
+        prog="qatlab-shards",
         description="Tokenise a corpus into uint16 token shards (256 x int32 header), train and val, "
                     "with the same split and tokenizer that qatlab would use. Train on them with "
                     "`qatlab data=shards path=OUT_DIR`.")
@@ -299,10 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.prefix != "data":
             overrides += f" 'data.train_glob={args.prefix}_train_*.bin' 'data.val_glob={args.prefix}_val_*.bin'"
     except (ConfigError, DataError) as e:
-        print(f"qat_lab.data.shards: error: {e}", file=sys.stderr)
+        print(f"qatlab-shards: error: {e}", file=sys.stderr)
         return 2
     print(f"{source.name} ({meta['n_bytes']} bytes) -> {out}: {len(meta['train'])} train shards "
           f"({meta['train_tokens']} tokens), {len(meta['val'])} val shards ({meta['val_tokens']} tokens), "
           f"tokenizer {tokenizer.name}")
     print(f"train on them: qatlab {overrides}")
     return 0
+
+
+if __name__ == "__main__":  # python -m qat_lab.data.prepare
+    raise SystemExit(main())

@@ -10,22 +10,19 @@ time), and a window is copied out of the pages it touches, so memory does not gr
 dataset. `ShardSet` slices like a 1-D array (`tokens[a:b]`, across shard boundaries), which is all
 `RandomWindows` and `val_batches` need.
 
-Also the command-line tool that tokenises a corpus into shards:
-
-    python -m qat_lab.data.shards OUT_DIR --corpus text --path notes/ --tokenizer bpe --vocab-size 1024
+The command-line tool that tokenises a corpus into shards is `qatlab-shards` (data/prepare.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from qat_lab.atomic import atomic_output
 from qat_lab.errors import DataError
 
 MAGIC = 20240520
@@ -63,16 +60,9 @@ def write_shard(path: str | Path, tokens) -> Path:
     arr = _as_tokens(tokens, str(path))
     if len(arr) > np.iinfo(np.int32).max:
         raise DataError(f"{path}: {len(arr)} tokens do not fit one shard's int32 count")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_header(len(arr)))
-            f.write(arr.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(_header(len(arr)))
+        f.write(arr.tobytes())
     return path
 
 
@@ -254,9 +244,3 @@ def sampled_fingerprint(paths: Iterable[str | Path], root: str | Path, extra: by
                 f.seek(max(FINGERPRINT_SAMPLE, size - FINGERPRINT_SAMPLE))
                 h.update(f.read())
     return h.hexdigest()
-
-
-if __name__ == "__main__":  # python -m qat_lab.data.shards
-    from qat_lab.data.prepare import main
-
-    raise SystemExit(main())

@@ -1,5 +1,4 @@
-"""The decoder LM; size presets are Hydra configs in conf/model/."""
+"""The decoder LM (gpt.py), its typed shape (config.py, no torch) and the size ladder (ladder.py).
 
-from qat_lab.models.gpt import GPT, GPTConfig, count_parameters, lm_loss
-
-__all__ = ["GPT", "GPTConfig", "count_parameters", "lm_loss"]
+Import the submodule you need: `qat_lab.models.config` stays free of torch.
+"""

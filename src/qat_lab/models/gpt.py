@@ -8,66 +8,11 @@ and the ones Muon updates (see ``qat_lab.quant.qat`` and ``qat_lab.optim.routing
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from qat_lab.errors import ConfigError
-
-
-@dataclass
-class GPTConfig:
-    """Shape of the model. Presets live in conf/model/; docs/model_ladder.md lists exact counts."""
-
-    name: str = "custom"
-    """Preset name, recorded as the `model` sweep axis."""
-    d_model: int = 128
-    """Residual stream width."""
-    n_layer: int = 4
-    """Number of transformer blocks."""
-    n_head: int = 4
-    """Query heads; head_dim = d_model / n_head."""
-    n_kv_head: int | None = None
-    """Key/value heads for grouped-query attention; None means n_head (plain multi-head)."""
-    mlp_ratio: float = 4.0
-    """MLP hidden width as a multiple of d_model."""
-    rope_base: float = 10000.0
-    """Rotary embedding base frequency."""
-    logit_softcap: float | None = 30.0
-    """Logits become cap * tanh(logits / cap); None disables the cap."""
-    tie_embeddings: bool = True
-    """Share the input embedding with the output head (the head is then not a separate tensor)."""
-    norm_eps: float = 1e-6
-    """RMSNorm epsilon."""
-
-    def __post_init__(self) -> None:
-        for field in ("d_model", "n_layer", "n_head", "n_kv_head"):
-            v = getattr(self, field)
-            if field == "n_kv_head" and v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v <= 0:
-                raise ConfigError(f"model.{field}={v} must be a positive integer")
-        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) \
-                or int(self.mlp_ratio * self.d_model) <= 0:
-            raise ConfigError(f"model.mlp_ratio={self.mlp_ratio} must be positive (MLP width mlp_ratio*d_model >= 1)")
-        if self.d_model % self.n_head:
-            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}")
-        if (self.d_model // self.n_head) % 2:
-            raise ConfigError(f"model head_dim={self.d_model // self.n_head} must be even for rotary embedding")
-        kv = self.n_kv_head or self.n_head
-        if self.n_head % kv:
-            raise ConfigError(f"model.n_head={self.n_head} is not a multiple of model.n_kv_head={kv}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-    @property
-    def kv_heads(self) -> int:
-        return self.n_kv_head or self.n_head
+from qat_lab.models.config import GPTConfig
 
 
 class Rotary(nn.Module):
@@ -206,21 +151,4 @@ def count_parameters(model: GPT) -> dict[str, int]:
     return {"non_embedding": total - embedding, "embedding": embedding, "total": total}
 
 
-def count_parameters_for(cfg: GPTConfig, vocab_size: int) -> dict[str, int]:
-    """count_parameters without allocating: the model is built on the meta device (shapes only)."""
-    with torch.device("meta"):
-        return count_parameters(GPT(cfg, vocab_size))
-
-
-def flops_per_token(cfg: GPTConfig, n_params_matmul: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x matmul params + attention scores (PaLM appendix B convention)."""
-    return 6.0 * n_params_matmul + 12.0 * cfg.n_layer * cfg.d_model * seq_len
-
-
-def matmul_params(model: GPT) -> int:
-    """Parameters that take part in a matmul per token (blocks' linears and the head)."""
-    n = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
-    return n + model.lm_head.weight.numel()
-
-
-__all__ = ["GPT", "GPTConfig", "lm_loss", "count_parameters", "count_parameters_for", "flops_per_token", "matmul_params"]
+__all__ = ["GPT", "GPTConfig", "lm_loss", "count_parameters"]

@@ -7,24 +7,28 @@
 
 The natural-gradient optimisers (optim.name ief, ef, sf) need the batch itself: they set
 `needs_batch = True` and are stepped with `opt.natural_step(x, y)` instead (qat_lab.optim.ief).
+
+    config.py    the `optim` config group's dataclasses (no torch)
+    routing.py   which parameter goes to which group
+    build.py     the optimisers of a run; per-step LR and momentum
+    muon.py      torch.optim.Muon with the Newton-Schulz precision as a setting
+    ief.py       the natural-gradient step
+
+Names load on first use (PEP 562): `qat_lab.optim.config` stays free of torch.
 """
 
-from qat_lab.optim.build import (
-    OPTIMIZERS,
-    apply_step_hparams,
-    build_adamw,
-    build_ief,
-    build_muon,
-    build_optimizers,
-    param_group_names,
-)
-from qat_lab.optim.config import CONFIGS, AdamWConfig, IEFConfig, MuonConfig, optim_config
-from qat_lab.optim.ief import NaturalGradient
-from qat_lab.optim.routing import ParamRoutes, RoutingError, route_parameters
+from importlib import import_module
 
-__all__ = [
-    "MuonConfig", "AdamWConfig", "IEFConfig", "CONFIGS", "optim_config",
-    "OPTIMIZERS", "build_optimizers", "build_muon", "build_adamw", "build_ief", "NaturalGradient",
-    "apply_step_hparams", "param_group_names",
-    "ParamRoutes", "RoutingError", "route_parameters",
-]
+_EXPORTS = {
+    "MuonConfig": "config", "AdamWConfig": "config", "IEFConfig": "config",
+    "build_optimizers": "build", "apply_step_hparams": "build", "param_group_names": "build",
+    "NaturalGradient": "ief", "ParamRoutes": "routing", "RoutingError": "routing", "route_parameters": "routing",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"qat_lab.optim.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'qat_lab.optim' has no attribute {name!r}")

@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-from qat_lab.errors import ConfigError
 from qat_lab.optim.config import AdamWConfig, IEFConfig, MuonConfig
 from qat_lab.optim.ief import NaturalGradient
 from qat_lab.optim.muon import Muon
@@ -36,15 +35,9 @@ def _non_empty(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [g for g in groups if g["params"]]
 
 
-def _check_config(cfg: Any, cls: type) -> None:
-    if not isinstance(cfg, cls):
-        raise ConfigError(f"optim.name={getattr(cfg, 'name', cfg)} needs a {cls.__name__}, got {type(cfg).__name__}")
-
-
 def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimizer]:
     """Muon (torch.optim.Muon's update, qat_lab.optim.muon) on the hidden matrices, AdamW on
     embedding, head and 1-D tensors."""
-    _check_config(cfg, MuonConfig)
     routes = route_parameters(model)
     optimizers: list[Optimizer] = []
 
@@ -87,7 +80,6 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
 
 def build_adamw(model: nn.Module, cfg: AdamWConfig, lr_mult: float) -> list[Optimizer]:
     """One AdamW over every parameter; weight decay on the hidden matrices only."""
-    _check_config(cfg, AdamWConfig)
     routes = route_parameters(model)
     groups = _non_empty([
         _group("adamw/matrices", routes.matrices, cfg.lr, lr_mult, weight_decay=cfg.weight_decay),
@@ -102,31 +94,19 @@ def build_ief(model: nn.Module, cfg: IEFConfig, lr_mult: float) -> list[Optimize
     """One NaturalGradient (iEF, EF or SF: cfg.name) over every trainable parameter, embedding
     and head included: the natural-gradient step is one direction in the whole parameter space, so
     it has one group, "<mode>/all" (e.g. "ief/all"), at base_lr = cfg.lr x lr_mult."""
-    _check_config(cfg, IEFConfig)
     routes = route_parameters(model)  # the coverage check: every trainable parameter exactly once
     params = [named for _, route in routes.items() for named in route]
     return [NaturalGradient(model, [_group(f"{cfg.name}/all", params, cfg.lr, lr_mult)], cfg)]
 
 
-OPTIMIZERS: dict[str, Builder] = {
-    "muon": build_muon,
-    "adamw": build_adamw,
-    # iEF / EF / SF (METHOD section 5; qat_lab.optim.ief): one config class, three modes.
-    "ief": build_ief,
-    "ef": build_ief,
-    "sf": build_ief,
-}
-"""optim.name -> builder(model, cfg, lr_mult) -> list of optimisers."""
+BUILDERS: dict[type, Builder] = {MuonConfig: build_muon, AdamWConfig: build_adamw, IEFConfig: build_ief}
+"""The one optimiser table: config class (the `_target_` of conf/optim/*.yaml) -> builder."""
 
 
 def build_optimizers(model: nn.Module, cfg: MuonConfig | AdamWConfig | IEFConfig, lr_mult: float) -> list[Optimizer]:
-    """The optimisers of a run, every group named and with base_lr = configured LR x lr_mult."""
-    if isinstance(lr_mult, bool) or not isinstance(lr_mult, (int, float)) or not lr_mult > 0:
-        raise ConfigError(f"lr_mult={lr_mult} must be positive")
-    name = getattr(cfg, "name", None)
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={name} is not one of {', '.join(sorted(OPTIMIZERS))}")
-    optimizers = OPTIMIZERS[name](model, cfg, float(lr_mult))
+    """The optimisers of a run, every group named and with base_lr = configured LR x lr_mult
+    (lr_mult is validated with the rest of the run's config, in qat_lab.config.build_spec)."""
+    optimizers = BUILDERS[type(cfg)](model, cfg, float(lr_mult))
     names = param_group_names(optimizers)
     if len(set(names)) != len(names):
         raise RuntimeError(f"optimiser group names are not unique: {names}")

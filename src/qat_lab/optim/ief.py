@@ -136,8 +136,6 @@ class NaturalGradient(Optimizer):
     """The training loop must call natural_step(x, y) instead of backward + step()."""
 
     def __init__(self, model: nn.Module, params: Any, cfg: IEFConfig):
-        if not isinstance(cfg, IEFConfig):
-            raise ConfigError(f"optim.name={getattr(cfg, 'name', cfg)} needs an IEFConfig, got {type(cfg).__name__}")
         super().__init__(params, {"lr": cfg.lr})
         self.model, self.cfg, self.mode = model, cfg, cfg.name
         names = {id(p): n for n, p in model.named_parameters()}
@@ -400,7 +398,7 @@ class NaturalGradient(Optimizer):
 
     @torch.no_grad()
     def _apply(self, dtheta: torch.Tensor) -> None:
-        if self.cfg.normalize_update:
+        if self.cfg.normalise_update:
             norm = dtheta.norm()
             if norm > 0:
                 dtheta = dtheta / norm

@@ -1,4 +1,10 @@
-"""Fake quantiser (STE), QAT wrapping, round-trip evaluation and the weight-to-grid distance.
+"""Fake quantiser (STE), QAT wrapping, round-trip evaluation, PTQ and the weight-to-grid distance.
+
+    config.py         QuantConfig (bit-width included), validate_bits, FP_BITS: no torch
+    fake_quant.py     scales, the round trip, the STE fake quantiser, grid residuals
+    qat.py            which matrices are quantised; QAT wrapping; latent / round-trip weight swaps
+    grid_distance.py  weight-to-grid distance
+    ptq.py            post-training quantisation: round to nearest, clip search, GPTQ
 
 The torch-based names load on first use (PEP 562), so `from qat_lab.quant import FP_BITS`
 stays cheap for code that never touches a tensor (the analysis, the sweep summary).
@@ -6,11 +12,11 @@ stays cheap for code that never touches a tensor (the analysis, the sweep summar
 
 from importlib import import_module
 
-from qat_lab.quant.bits import FP_BITS, validate_bits
+from qat_lab.quant.config import FP_BITS, QuantConfig, validate_bits
 
 _LAZY = {
-    "QuantConfig": "fake_quant", "fake_quantize": "fake_quant", "quantize_dequantize": "fake_quant",
-    "grid_bits_for": "grid_distance", "grid_distance": "grid_distance",
+    "fake_quantise": "fake_quant", "quantise_dequantise": "fake_quant",
+    "grid_distance": "grid_distance",
     "apply_qat": "qat", "latent_weights": "qat", "quant_targets": "qat", "round_trip_weights": "qat",
 }
 
@@ -28,4 +34,4 @@ def __getattr__(name: str):
     return globals()[name]
 
 
-__all__ = ["FP_BITS", "validate_bits", *_LAZY]
+__all__ = ["FP_BITS", "QuantConfig", "validate_bits", *_LAZY]

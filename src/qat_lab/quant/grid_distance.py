@@ -11,21 +11,18 @@ from __future__ import annotations
 import torch
 
 from qat_lab.models.gpt import GPT
-from qat_lab.quant.fake_quant import FP_BITS, QuantConfig, grid_residuals
+from qat_lab.quant.config import QuantConfig
+from qat_lab.quant.fake_quant import grid_residuals
 from qat_lab.quant.qat import quant_targets
 
 
-def grid_bits_for(run_bits: int, qcfg: QuantConfig) -> int:
-    """The grid a run is measured against: its own bits, or the probe bits for bits=16."""
-    return qcfg.probe_bits if run_bits == FP_BITS else run_bits
-
-
 @torch.no_grad()
-def grid_distance(model: GPT, bits: int, qcfg: QuantConfig) -> tuple[float, dict[str, float]]:
-    """(element-weighted mean distance, {matrix name: mean distance}) at grid `bits`."""
+def grid_distance(model: GPT, qcfg: QuantConfig) -> tuple[float, dict[str, float]]:
+    """(element-weighted mean distance, {matrix name: mean distance}) on the run's grid
+    (qcfg.grid_bits: its own bits, the probe bits for bits=16)."""
     total, count, per_layer = 0.0, 0, {}
     for name, mod in quant_targets(model, qcfg).items():
-        d = grid_residuals(mod.weight, bits, qcfg)
+        d = grid_residuals(mod.weight, qcfg.grid_bits, qcfg)
         s = float(d.sum())
         per_layer[name] = s / d.numel()
         total += s

@@ -1,0 +1,77 @@
+"""What happens around update t, in which order: the one place that says it.
+
+    before update t, on the weights entering it (rank 0):
+      1. grid distance, every trainer.grid_every steps and at the first warmdown step t0
+         (the pre-warmdown snapshot)
+      2. quick validation, every trainer.val_every steps (t > 0)
+    update t: QATLanguageModel.training_step (module.py): LR and momentum for t, forward,
+      backward, optimiser step; it leaves the batch loss and the LRs on the module
+    after update t:
+      3. the row for t -> metrics.csv and the loggers: train loss of batch t, the LR of every
+         parameter group, and 1-2 (rank 0)
+      4. the divergence rules on the loss (callbacks/divergence.py); every rank stops together
+      5. a checkpoint when t + 1 is a multiple of trainer.checkpoint_every, after the history is
+         made durable, so a resumed run's metrics.csv has every step exactly once (rank 0)
+    when fit ends: the final grid distance (the final evaluation and its row are train.collect's)
+
+The pieces (GridProbe, QuickValidation, History, DivergenceRule, Checkpointer) are plain
+objects with their own tests; this callback only calls them at the right moment.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import lightning as L
+
+from qat_lab.callbacks.checkpoint import Checkpointer
+from qat_lab.callbacks.divergence import Divergence, DivergenceRule
+from qat_lab.callbacks.grid_distance import GridProbe
+from qat_lab.callbacks.history import History
+from qat_lab.callbacks.validation import QuickValidation
+
+
+class TrainingMonitor(L.Callback):
+    def __init__(self, grid: GridProbe, quick_val: QuickValidation, history: History, divergence: DivergenceRule,
+                 checkpointer: Checkpointer, resume: dict | None = None):
+        self.grid, self.quick_val, self.history = grid, quick_val, history
+        self.divergence, self.checkpointer, self.resume = divergence, checkpointer, resume
+        self.diverged: Divergence | None = None
+        self._measured: dict[str, float | None] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if self.resume is not None:
+            Checkpointer.restore_optimisers(pl_module, self.resume)
+        if trainer.is_global_zero:  # one history per run, whatever the number of devices
+            self.history.open(pl_module.lr_group_names(), resume_step=pl_module.step)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        t = pl_module.step
+        self._measured = {}
+        if not trainer.is_global_zero:
+            return
+        if self.grid.due(t):
+            self._measured["grid_distance"] = self.grid.measure(pl_module.model, t)[0]
+        if self.quick_val.due(t):
+            autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
+            self._measured.update(self.quick_val.measure(pl_module.model, autocast))
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        t = pl_module.step - 1  # the update that just happened
+        loss = pl_module.last_loss
+        if trainer.is_global_zero:
+            row = {"train_loss": loss, **{f"lr/{k}": lr for k, lr in pl_module.last_lrs.items()}, **self._measured}
+            self.history.write(t, row, trainer.loggers)
+        verdict = self.divergence.check(t, loss)
+        # Ranks see different batches: stop all of them if any diverged (a no-op on one device).
+        if trainer.strategy.reduce_boolean_decision(verdict is not None, all=False):
+            self.diverged = verdict or Divergence(t, "non-finite", f"another rank diverged at step {t}")
+            trainer.should_stop = True
+            return
+        if trainer.is_global_zero and self.checkpointer.due(pl_module.step):
+            self.history.make_durable()
+            self.checkpointer.save(pl_module, self.grid.pre_warmdown)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            self.grid.final = self.grid.measure(pl_module.model)
