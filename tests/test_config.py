@@ -15,7 +15,7 @@ from qat_lab.config import RunSpec, build_spec
 from qat_lab.errors import ConfigError, DataError
 
 CONF_DIR = Path(str(importlib.resources.files("qat_lab.conf")))
-GROUPS = ("model", "quant", "optim", "schedule", "data", "trainer", "logger", "launcher", "experiment")
+GROUPS = ("model", "quant", "qat_start", "ptq", "optim", "schedule", "data", "trainer", "logger", "launcher", "experiment")
 AXES = ("bits", "warmdown", "lr_mult", "model", "optim", "schedule", "seed", "steps", "data")
 
 
@@ -50,6 +50,8 @@ def test_every_group_has_options_on_disk():
 @pytest.mark.parametrize(("group", "option"), _group_cases(), ids=lambda v: str(v))
 def test_every_option_composes_and_builds(group: str, option: str, text_file: Path):
     overrides = [f"{group}={option}"]
+    if group == "qat_start":
+        overrides.append("bits=4")  # a QAT start means nothing at bits=16 (refused there)
     if group == "data" and option in ("text", "hf"):
         overrides.append(f"path={text_file}")
     if group == "data" and option == "shards":

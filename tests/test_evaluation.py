@@ -122,7 +122,8 @@ def test_qat_at_bits_outside_the_ptq_set():
     model, batches, qcfg = _model(), _batches(), QuantConfig(bits=5)
     apply_qat(model, qcfg)
     out = final_evaluation(model, qcfg, batches, to_bpb)
-    assert set(out["ptq"]) == {"8", "6", "4"}
+    assert set(out["ptq"]) == {"8", "6", "5", "4"}  # PTQ at the run's own bits too
+    assert out["ptq"]["5"]["val_loss"] == out["val_loss"]
     assert out["val_loss"] == pytest.approx(mean_loss(model, batches), rel=1e-6)
     assert out["val_loss"] == pytest.approx(_ptq_reference(model, 5, qcfg, batches), rel=1e-6)
 
@@ -132,3 +133,27 @@ def test_to_bpb_is_the_callers_conversion():
     out = final_evaluation(model, QuantConfig(), batches, lambda loss: 10.0 * loss)
     assert out["val_bpb"] == pytest.approx(10.0 * out["val_loss"])
     assert out["ptq"]["6"]["val_bpb"] == pytest.approx(10.0 * out["ptq"]["6"]["val_loss"])
+
+
+def test_strong_ptq_arms_are_the_ptq_modules_weights_evaluated():
+    """ptq_clip / ptq_gptq at every bit-width are the val losses of quant/ptq.py's weights (whose
+    layer-level guarantees against round to nearest are tests/test_ptq.py's), weights restored."""
+    from qat_lab.quant.config import PTQConfig
+    from qat_lab.quant.ptq import calibrate, ptq_weights
+
+    model, batches = _model(), _batches()
+    before = _snapshot(model)
+    out = final_evaluation(model, QuantConfig(), batches, to_bpb, ptq=PTQConfig(bits=[4, 3]),
+                           calibration=batches[:1])
+    _assert_unchanged(model, before)
+    assert set(out["ptq_clip"]) == set(out["ptq_gptq"]) == {"4", "3"}
+    hessians = calibrate(model, QuantConfig(bits=4), batches[:1]).hessians
+    for b in (4, 3):
+        with ptq_weights(model, QuantConfig(bits=b), b, "gptq", hessians):
+            assert out["ptq_gptq"][str(b)]["val_loss"] == pytest.approx(mean_loss(model, batches), rel=1e-9)
+        with ptq_weights(model, QuantConfig(bits=b), b, "clip"):
+            assert out["ptq_clip"][str(b)]["val_loss"] == pytest.approx(mean_loss(model, batches), rel=1e-9)
+        assert out["ptq_gptq"][str(b)]["val_loss"] != out["ptq"][str(b)]["val_loss"]
+    cost = out["ptq_cost"]
+    assert cost["calibration_batches"] == 1 and cost["calibration_tokens"] == batches[0][0].numel()
+    assert cost["hessian_s"] > 0 and cost["gptq_s"] > 0 and cost["clip_s"] > 0

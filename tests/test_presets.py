@@ -15,6 +15,8 @@ EXPECTED_JOBS = {
     "phase5_sizes": 50,
     "phase5_int4": 280,
     "cpu_phase2": 72,
+    "cpu_qat_start": 120,   # bits {4,6} x 6 QAT-start arms x 2 warmdowns x 5 seeds
+    "qat_start": 288,       # 4 sizes x bits {4,6} x 6 arms x 2 warmdowns x 3 seeds
 }
 
 

@@ -323,7 +323,7 @@ def test_hessian_hooks_see_fake_quant_linears_and_calibrate_uses_latent_weights(
     assert set(calib.hessians) == set(expected)
     for name, h in expected.items():
         assert torch.equal(calib.hessians[name], h), name
-    assert all(m.enabled for m in wrapped.modules() if hasattr(m, "enabled"))  # fake quant back on
+    assert all(bool(m.qat_on) for m in wrapped.modules() if hasattr(m, "qat_on"))  # fake quant back on
     with latent_weights(wrapped):
         same = collect_hessians(wrapped, quant_targets(wrapped, QuantConfig()), batches)
     assert all(torch.equal(same[n], expected[n]) for n in expected)

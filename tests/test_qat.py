@@ -48,7 +48,7 @@ def test_apply_qat_wraps_exactly_the_six_block_matrices():
     assert wrapped == expected
     assert type(model.wte) is nn.Embedding and type(model.lm_head) is nn.Linear
     assert all(type(m) is nn.RMSNorm for m in model.modules() if isinstance(m, nn.RMSNorm))
-    assert all(m.qcfg.bits == 4 and m.enabled for n, m in model.named_modules() if n in expected)
+    assert all(m.qcfg.bits == 4 and bool(m.qat_on) for n, m in model.named_modules() if n in expected)
 
 
 def test_apply_qat_keeps_parameter_objects_and_tying():
@@ -105,7 +105,7 @@ def test_latent_weights_give_the_unquantised_forward():
     with latent_weights(model):
         assert torch.equal(model(x), reference(x))
     assert not torch.allclose(model(x), reference(x))
-    assert all(m.enabled for m in model.modules() if isinstance(m, FakeQuantLinear))
+    assert all(bool(m.qat_on) for m in model.modules() if isinstance(m, FakeQuantLinear))
 
 
 def test_qat_gradient_is_the_gradient_at_the_quantised_weights():
@@ -150,7 +150,7 @@ def test_round_trip_restores_weights_when_the_body_raises():
             raise RuntimeError("boom")
     after = _weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(m.enabled for m in model.modules() if isinstance(m, FakeQuantLinear))
+    assert all(bool(m.qat_on) for m in model.modules() if isinstance(m, FakeQuantLinear))
 
 
 def test_round_trip_restores_weights_when_the_swap_fails_half_way():

@@ -120,8 +120,26 @@ def _compose(job: list[str], with_hydra: bool = False):
         return compose(config_name="config", overrides=job, return_hydra_config=with_hydra)
     except MissingConfigException as e:
         raise ConfigError(_missing_config_line(e, job)) from None
-    except (HydraException, OmegaConfBaseException) as e:
+    except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
+        if "Config group override must be a string" in str(e):  # qat_start=0.5: a number where a name goes
+            raise ConfigError(_numeric_group_value(job)) from None
         raise ConfigError(_override_error(str(e), job)) from None
+
+
+def _numeric_group_value(job: list[str]) -> str:
+    from importlib import resources
+
+    conf = resources.files(CONFIG_MODULE)
+    groups = {p.name for p in conf.iterdir() if p.is_dir()}
+    for o in job:
+        key, _, value = o.partition("=")
+        if key.lstrip("+~") in groups:
+            options = sorted(f.name[:-5] for f in conf.joinpath(key.lstrip("+~")).iterdir() if f.name.endswith(".yaml"))
+            if value not in options:
+                near = [o for o in options if value in o][:1] or difflib.get_close_matches(value, options, n=1)
+                hint = f" (did you mean {key}={near[0]}?)" if near else ""
+                return f"{o} is not a known {key} config{hint}; available: {', '.join(options)}"
+    return "a config group override must name an option"
 
 
 def _override_error(message: str, job: list[str]) -> str:

@@ -21,7 +21,7 @@ from qat_lab import validation as v
 from qat_lab.data.config import DataConfig
 from qat_lab.errors import ConfigError
 from qat_lab.models.config import GPTConfig
-from qat_lab.quant.config import QuantConfig
+from qat_lab.quant.config import PTQConfig, QuantConfig
 from qat_lab.schedules import ScheduleConfig
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
@@ -142,6 +142,7 @@ class RunSpec:
 
     model: GPTConfig
     quant: QuantConfig
+    ptq: PTQConfig
     optim: Any
     schedule: ScheduleConfig
     data: DataConfig
@@ -179,14 +180,14 @@ class RunSpec:
             "bits": self.quant.bits, "warmdown": self.warmdown, "lr_mult": self.lr_mult,
             "model": self.model.name, "optim": self.optim.name, "schedule": self.schedule_name,
             "seed": self.seed, "steps": self.trainer.steps, "data": self.data_name, "tokenizer": self.tokenizer_name,
-            "seq_len": self.data.seq_len, "batch_size": self.data.batch_size,
+            "seq_len": self.data.seq_len, "batch_size": self.data.batch_size, "qat_start": self.quant.start_label,
         }
 
 
 VOCAB_FOR_BUDGET = 256
 """Non-embedding counts do not depend on the vocabulary; any vocab gives the same budget."""
 
-GROUPS = ("model", "quant", "optim", "schedule", "data", "trainer", "logger")
+GROUPS = ("model", "quant", "ptq", "optim", "schedule", "data", "trainer", "logger")
 TOP_LEVEL = ("bits", "warmdown", "lr_mult", "seed", "path", *GROUPS)
 """Every top-level key of conf/config.yaml: anything else (`+warmdwn=0.1`) is a typo."""
 

@@ -17,7 +17,7 @@ import torch
 from qat_lab.config import RunSpec
 from qat_lab.models.gpt import GPT, count_parameters, lm_loss
 from qat_lab.optim import apply_step_hparams, build_optimizers, param_group_names
-from qat_lab.quant import apply_qat
+from qat_lab.quant import apply_qat, set_qat
 
 
 class QATLanguageModel(L.LightningModule):
@@ -26,6 +26,11 @@ class QATLanguageModel(L.LightningModule):
         self.spec = spec
         self.model = GPT(spec.model, vocab_size)
         self.quantised = apply_qat(self.model, spec.quant)
+        steps = spec.trainer.steps
+        self.qat_start_step = spec.quant.start_step(steps, lambda t: spec.schedule.multiplier(t, steps))
+        """First step trained with fake quantisation (None at bits=16; `steps` if it never turns on)."""
+        self.qat_on: bool | None = None
+        """Whether the last update was trained with fake quantisation (None at bits=16)."""
         self.automatic_optimization = False
         self.step = 0
         """Optimiser updates done so far (== index of the next update)."""
@@ -57,6 +62,11 @@ class QATLanguageModel(L.LightningModule):
         multiplier = self.spec.schedule.multiplier(self.step, self.spec.trainer.steps)
         apply_step_hparams(opts, self.step, multiplier)
         self.last_lrs = {g["group"]: g["lr"] for opt in opts for g in opt.param_groups}
+        if self.qat_start_step is not None:  # late QAT: fake quantisation from qat_start_step on
+            on = self.step >= self.qat_start_step
+            if on != self.qat_on:
+                set_qat(self.model, on)
+                self.qat_on = on
 
         if getattr(opts[0], "needs_batch", False):
             # iEF / EF / SF (qat_lab.optim.ief): per-sample gradients of this batch, no backward

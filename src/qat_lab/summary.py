@@ -59,7 +59,9 @@ def sweep_table(records: list[dict]) -> str:
     identities = [run_identity(r) for r in records]
     named = [r["axes"] for r in records]
     axis_names = list(dict.fromkeys(k for r in records for k in r["axes"]))
-    varying = [a for a in axis_names if a in ALWAYS_SHOWN or len({repr(r["axes"].get(a)) for r in records}) > 1]
+    # "-" is "not applicable" (qat_start of an FP16 run): it does not make an axis vary.
+    varying = [a for a in axis_names if a in ALWAYS_SHOWN
+               or len({repr(r["axes"].get(a)) for r in records if r["axes"].get(a) != "-"}) > 1]
     extra = extra_axes(identities, named)
 
     def value(i: int, col: str) -> Any:

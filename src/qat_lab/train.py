@@ -92,16 +92,17 @@ def build(spec: RunSpec, ident: dict[str, Any], record: dict[str, Any], say=prin
         record["resumed_from_step"] = resume["step"]
         say(f"[{ident['job_num']}] {ident['job_name']}: resuming from step {resume['step']}")
 
-    return Job(spec, job_dir, data, module, make_monitor(spec, data, job_dir, fingerprint, resume))
+    return Job(spec, job_dir, data, module, make_monitor(spec, data, job_dir, fingerprint, resume, module.qat_start_step))
 
 
 def make_monitor(spec: RunSpec, data: LMDataModule, job_dir: Path, fingerprint: str,
-                 resume: dict | None = None) -> TrainingMonitor:
+                 resume: dict | None = None, qat_start: int | None = None) -> TrainingMonitor:
     """The run's TrainingMonitor and its pieces, configured from the spec."""
     t = spec.trainer
-    grid = GridProbe(spec.quant, t.grid_every, spec.schedule.warmdown_start(t.steps))
+    grid = GridProbe(spec.quant, t.grid_every, spec.schedule.warmdown_start(t.steps), qat_start)
     if resume is not None:
         grid.pre_warmdown = resume["grid_pre_warmdown"]
+        grid.at_qat_start = resume.get("grid_at_qat_start")
     quick_batches = data.eval_batches(t.val_batches * spec.data.batch_size * spec.data.seq_len)
     return TrainingMonitor(
         grid=grid,
@@ -151,6 +152,9 @@ def collect(job: Job, trainer: L.Trainer, train_s: float, record: dict[str, Any]
     if grid.pre_warmdown is not None:
         results["grid_distance_pre_warmdown"] = grid.pre_warmdown[0]
         results["grid_distance_pre_warmdown_per_layer"] = grid.pre_warmdown[1]
+    results["qat_start_step"] = module.qat_start_step
+    if grid.at_qat_start is not None:
+        results["grid_distance_at_qat_start"] = grid.at_qat_start[0]
     record["results"] = results
     verdict = monitor.diverged
     if verdict is None and steps_done < spec.trainer.steps:
@@ -158,7 +162,9 @@ def collect(job: Job, trainer: L.Trainer, train_s: float, record: dict[str, Any]
     if verdict is None:
         results["grid_distance_final"], results["grid_distance_final_per_layer"] = grid.final
         autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
-        results.update(final_evaluation(module.model, spec.quant, data.eval_batches(), data.bits_per_byte, autocast))
+        calibration = data.calibration_batches(spec.ptq.calibration_batches) if "gptq" in spec.ptq.methods else []
+        results.update(final_evaluation(module.model, spec.quant, data.eval_batches(), data.bits_per_byte, autocast,
+                                        spec.ptq, calibration))
         monitor.history.write(spec.trainer.steps, {"val_loss": results["val_loss"], "val_bpb": results["val_bpb"],
                                                    "grid_distance": results["grid_distance_final"]}, trainer.loggers)
         verdict = final_divergence(steps_done, results["val_loss"], results["val_bpb"], data.unigram_bpt,

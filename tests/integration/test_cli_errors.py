@@ -86,6 +86,13 @@ BAD_INPUTS = [
     (["data=shards", "path={empty_dir}"], "no token shards match"),
     (["data=shards", "path={file}"], "is not a folder of token shards"),
     (["experiment=phase2"], "experiment=phase2 is a sweep of 720 jobs: run it with -m"),
+    (["bits=4", "quant.start=1.5"], "quant.start=1.5 is not valid"),
+    (["bits=4", "quant.start_lr_below=0"], "quant.start_lr_below=0 is not valid"),
+    (["bits=4", "quant.start_lr_below=1.5"], "quant.start_lr_below=1.5 is not valid"),
+    (["quant.start=0.5"], "quant.start=0.5 has no effect at bits=16"),
+    (["bits=4", "qat_start=0.5"], "did you mean qat_start=start0.5?"),
+    (["ptq.methods=[clip]"], "ptq.methods must include rtn"),
+    (["ptq.bits=[16]"], "ptq.bits=16 is not a grid"),
     (["bits=4,6"], "bits=4,6 is a sweep: add -m"),
     (["-m", "warmdown=interval(0.1,0.5)"], "needs a sampling sweeper"),
 ]

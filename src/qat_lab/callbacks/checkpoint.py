@@ -88,16 +88,19 @@ class Checkpointer:
     def due(self, steps_done: int) -> bool:
         return bool(self.every) and steps_done % self.every == 0 and 0 < steps_done < self.total
 
-    def save(self, pl_module, grid_pre_warmdown) -> None:
-        pre = None if grid_pre_warmdown is None else [float(grid_pre_warmdown[0]),
-                                                     {k: float(x) for k, x in grid_pre_warmdown[1].items()}]
+    def save(self, pl_module, grid_pre_warmdown, grid_at_qat_start=None) -> None:
+        def plain(snap):
+            return None if snap is None else [float(snap[0]), {k: float(x) for k, x in snap[1].items()}]
+
         state = {
             "format": FORMAT, "fingerprint": self.fingerprint,
             "step": pl_module.step,
             "model": pl_module.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in pl_module.raw_optimizers],
             "torch_rng": torch.get_rng_state(),
-            "grid_pre_warmdown": pre,
+            "grid_pre_warmdown": plain(grid_pre_warmdown),
+            "grid_at_qat_start": plain(grid_at_qat_start),
+            "qat_on": pl_module.qat_on,  # a function of the step; kept to check the resumed run agrees
         }
         with atomic_output(self.path) as tmp, open(tmp, "wb") as f:
             writer = _Writer(f)
@@ -116,6 +119,13 @@ class Checkpointer:
         for opt, saved in zip(pl_module.raw_optimizers, state["optimizers"]):
             opt.load_state_dict(saved)
         torch.set_rng_state(state["torch_rng"])
+        # Fake quantisation resumes in the state the last saved update had; the next training
+        # step sets it for its own step (the same rule the lost run followed).
+        if state.get("qat_on") is not None:
+            from qat_lab.quant import set_qat
+
+            set_qat(pl_module.model, state["qat_on"])
+            pl_module.qat_on = state["qat_on"]
 
     def discard(self) -> None:
         """Remove the run's checkpoint once it is over (only if this run writes checkpoints)."""

@@ -1,14 +1,14 @@
 """What happens around update t, in which order: the one place that says it.
 
     before update t, on the weights entering it (rank 0):
-      1. grid distance, every trainer.grid_every steps and at the first warmdown step t0
-         (the pre-warmdown snapshot)
+      1. grid distance, every trainer.grid_every steps, at the first warmdown step t0 (the
+         pre-warmdown snapshot) and at the step QAT turns on (late QAT: quant.start)
       2. quick validation, every trainer.val_every steps (t > 0)
     update t: QATLanguageModel.training_step (module.py): LR and momentum for t, forward,
       backward, optimiser step; it leaves the batch loss and the LRs on the module
     after update t:
       3. the row for t -> metrics.csv and the loggers: train loss of batch t, the LR of every
-         parameter group, and 1-2 (rank 0)
+         parameter group, whether update t was fake-quantised (qat_on), and 1-2 (rank 0)
       4. the divergence rules on the loss (callbacks/divergence.py); every rank stops together
       5. a checkpoint when t + 1 is a multiple of trainer.checkpoint_every, after the history is
          made durable, so a resumed run's metrics.csv has every step exactly once (rank 0)
@@ -61,6 +61,8 @@ class TrainingMonitor(L.Callback):
         loss = pl_module.last_loss
         if trainer.is_global_zero:
             row = {"train_loss": loss, **{f"lr/{k}": lr for k, lr in pl_module.last_lrs.items()}, **self._measured}
+            if pl_module.qat_on is not None:
+                row["qat_on"] = int(pl_module.qat_on)
             self.history.write(t, row, trainer.loggers)
         verdict = self.divergence.check(t, loss)
         # Ranks see different batches: stop all of them if any diverged (a no-op on one device).
@@ -70,7 +72,7 @@ class TrainingMonitor(L.Callback):
             return
         if trainer.is_global_zero and self.checkpointer.due(pl_module.step):
             self.history.make_durable()
-            self.checkpointer.save(pl_module, self.grid.pre_warmdown)
+            self.checkpointer.save(pl_module, self.grid.pre_warmdown, self.grid.at_qat_start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:

@@ -28,6 +28,8 @@ from qat_lab.data.shards import ShardSet, find_shards, sampled_fingerprint
 from qat_lab.data.tokenizer import ByteTokenizer
 from qat_lab.errors import DataError
 
+CALIBRATION_STREAM = 1_000_003
+"""The `rank` slot of RandomWindows' seed used for calibration batches (real ranks are small)."""
 UNIGRAM_TOKENS = 1 << 26
 """The unigram baseline of a tokenised corpus counts at most this many train and val tokens."""
 
@@ -248,6 +250,14 @@ class LMDataModule(L.LightningDataModule):
             ds = Subset(ds, range(self.start_step, self.steps))
         # batch_size=None: each dataset item already is a batch. No workers: slicing is microseconds.
         return DataLoader(ds, batch_size=None, shuffle=False, num_workers=0)
+
+    def calibration_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """n batches of random training-split windows for post-training calibration (GPTQ's
+        Hessians), drawn from their own seeded stream: never batches the run trained on at a
+        given step, and the same for every run of a seed."""
+        windows = RandomWindows(self.train_tokens, n, self.cfg.batch_size, self.cfg.seq_len, self.seed,
+                                rank=CALIBRATION_STREAM)
+        return [windows[i] for i in range(n)]
 
     def eval_batches(self, max_tokens: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return val_batches(self.val_tokens, self.cfg.seq_len, self.cfg.batch_size, max_tokens or self.cfg.val_tokens)

@@ -18,6 +18,7 @@ _LAZY = {
     "fake_quantise": "fake_quant", "quantise_dequantise": "fake_quant",
     "grid_distance": "grid_distance",
     "apply_qat": "qat", "latent_weights": "qat", "quant_targets": "qat", "round_trip_weights": "qat",
+    "set_qat": "qat", "qat_is_on": "qat",
 }
 
 

@@ -30,7 +30,7 @@ import torch.nn as nn
 from qat_lab.models.gpt import GPT
 from qat_lab.quant.config import FP_BITS, QuantConfig
 from qat_lab.quant.fake_quant import code_range, grouped, quantise_dequantise, quantise_with_scales, scale_floor, scales
-from qat_lab.quant.qat import latent_weights, quant_targets
+from qat_lab.quant.qat import latent_weights, quant_targets, swapped_weights
 
 PTQ_METHODS = ("rtn", "clip", "gptq")
 """The PTQ variants ``ptq_weights`` knows (see the module docstring)."""
@@ -372,25 +372,22 @@ def ptq_weights(model: GPT, qcfg: QuantConfig, bits: int, method: str,
         if missing:
             raise ValueError(f"GPTQ needs a Hessian for every quantised Linear; missing: {', '.join(missing)}")
     info = PTQRecord(method, bits, gptq_scales, 0.0, 0)
-    with latent_weights(model), torch.no_grad():
-        if bits == FP_BITS:
+    if bits == FP_BITS:
+        with latent_weights(model):
             yield info
-            return
-        saved: dict[nn.Module, torch.Tensor] = {}
-        try:  # the swap is inside the try: a failure half-way still restores what was swapped
-            for name, mod in targets.items():
-                start = time.perf_counter()
-                h = hessians.get(name) if (method == "gptq" and hessians is not None) else None
-                new = ptq_weight(mod.weight, bits, qcfg, method, h, gptq_scales=gptq_scales, damp=damp,
-                                 block_size=block_size, act_order=act_order)
-                info.seconds += time.perf_counter() - start
-                saved[mod] = mod.weight.detach().clone()
-                mod.weight.copy_(new)
-                info.matrices += 1
-            yield info
-        finally:
-            for mod, w in saved.items():
-                mod.weight.copy_(w)
+        return
+
+    def new_weight(name: str, mod: nn.Module) -> torch.Tensor:
+        start = time.perf_counter()
+        h = hessians.get(name) if (method == "gptq" and hessians is not None) else None
+        out = ptq_weight(mod.weight, bits, qcfg, method, h, gptq_scales=gptq_scales, damp=damp,
+                         block_size=block_size, act_order=act_order)
+        info.seconds += time.perf_counter() - start
+        info.matrices += 1
+        return out
+
+    with swapped_weights(model, qcfg, new_weight):
+        yield info
 
 
 def ptq_costs(model: GPT, qcfg: QuantConfig, bits: int, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],

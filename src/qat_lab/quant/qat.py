@@ -4,12 +4,19 @@ The quantised set is every 2-D ``nn.Linear`` inside the transformer blocks (q, k
 mlp-in, mlp-out); with ``quant.quantise_embedding`` the embedding and head too. The same set is
 used for QAT, post-training quantisation (PTQ) and the weight-to-grid distance, so an FP16 run
 is always measured against exactly the matrices a QAT run would quantise.
+
+Whether fake quantisation is on is a 0-d bool *buffer* of each wrapped module (`qat_on`), read
+with torch.where in forward, not a Python flag: torch.compile specialises on Python values, and
+a speed-run record found afterwards that its compiled "late QAT" never switched on. A buffer is
+an input of the compiled graph, so `set_qat` switches the compiled model too (tested against
+eager), and vmap (iEF's per-sample gradients) and DDP (buffers are broadcast from rank 0) see it.
+The price is that the round trip is computed also while QAT is off (late-QAT runs only).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -20,21 +27,32 @@ from qat_lab.quant.config import QuantConfig
 from qat_lab.quant.fake_quant import fake_quantise, quantise_dequantise
 
 
+def _wrap(mod: nn.Module, cls: type, qcfg: QuantConfig) -> nn.Module:
+    # Re-class in place: keeps the very same Parameter objects (tying, optimiser routing).
+    mod.__class__ = cls
+    mod.qcfg = qcfg
+    # Not persistent: the state is a function of the step (QuantConfig.start_step), and a
+    # state_dict keeps the same keys with QAT on, off, or absent (bits=16).
+    mod.register_buffer("qat_on", torch.ones((), dtype=torch.bool, device=mod.weight.device), persistent=False)
+    return mod
+
+
+def _weight(mod: nn.Module) -> torch.Tensor:
+    """The weight the forward pass sees: fake-quantised while qat_on, latent otherwise."""
+    return torch.where(mod.qat_on, fake_quantise(mod.weight, mod.qcfg.bits, mod.qcfg), mod.weight)
+
+
 class FakeQuantLinear(nn.Linear):
-    """An nn.Linear whose forward uses the fake-quantised weight; the Parameter is unchanged."""
+    """An nn.Linear whose forward uses the fake-quantised weight while `qat_on`; the Parameter is unchanged."""
 
     qcfg: QuantConfig
-    enabled: bool
 
     @classmethod
     def wrap(cls, lin: nn.Linear, qcfg: QuantConfig) -> "FakeQuantLinear":
-        # Re-class in place: keeps the very same Parameter objects (tying, optimiser routing).
-        lin.__class__ = cls
-        lin.qcfg, lin.enabled = qcfg, True
-        return lin  # type: ignore[return-value]
+        return _wrap(lin, cls, qcfg)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = fake_quantise(self.weight, self.qcfg.bits, self.qcfg) if self.enabled else self.weight
+        w = _weight(self)
         return F.linear(x, w.to(x.dtype) if w.dtype != x.dtype else w)
 
 
@@ -42,17 +60,13 @@ class FakeQuantEmbedding(nn.Embedding):
     """Embedding lookup through the fake-quantised table (only with quant.quantise_embedding)."""
 
     qcfg: QuantConfig
-    enabled: bool
 
     @classmethod
     def wrap(cls, emb: nn.Embedding, qcfg: QuantConfig) -> "FakeQuantEmbedding":
-        emb.__class__ = cls
-        emb.qcfg, emb.enabled = qcfg, True
-        return emb  # type: ignore[return-value]
+        return _wrap(emb, cls, qcfg)  # type: ignore[return-value]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        w = fake_quantise(self.weight, self.qcfg.bits, self.qcfg) if self.enabled else self.weight
-        return F.embedding(idx, w)
+        return F.embedding(idx, _weight(self))
 
 
 def quant_targets(model: GPT, qcfg: QuantConfig) -> dict[str, nn.Module]:
@@ -87,18 +101,51 @@ def _fake_quant_modules(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))]
 
 
+@torch.no_grad()
+def set_qat(model: nn.Module, on: bool) -> None:
+    """Switch fake quantisation on or off in every wrapped module (compiled models included)."""
+    for m in _fake_quant_modules(model):
+        m.qat_on.fill_(on)
+
+
+def qat_is_on(model: nn.Module) -> bool | None:
+    """Whether fake quantisation is on (None: nothing is wrapped, a bits=16 model)."""
+    mods = _fake_quant_modules(model)
+    return bool(mods[0].qat_on) if mods else None
+
+
 @contextmanager
 def latent_weights(model: GPT) -> Iterator[None]:
     """Run the model on its latent (unquantised) weights: fake quantisation switched off."""
     mods = _fake_quant_modules(model)
-    before = [m.enabled for m in mods]
-    for m in mods:
-        m.enabled = False
+    before = [bool(m.qat_on) for m in mods]
+    set_qat(model, False)
     try:
         yield
     finally:
-        for m, was in zip(mods, before):
-            m.enabled = was
+        with torch.no_grad():
+            for m, was in zip(mods, before):
+                m.qat_on.fill_(was)
+
+
+@contextmanager
+def swapped_weights(model: GPT, qcfg: QuantConfig,
+                    new_weight: Callable[[str, nn.Module], torch.Tensor]) -> Iterator[None]:
+    """Replace each quantised matrix's weight by new_weight(name, module) (computed on the latent
+    weights, fake quantisation off, no grad), and restore the exact originals on exit, even when
+    the body or the swap itself raises half-way. The one weight swap of the project: the round
+    trip below and the PTQ methods (quant/ptq.py) use it."""
+    with latent_weights(model), torch.no_grad():
+        saved = {}
+        try:
+            for name, mod in quant_targets(model, qcfg).items():
+                replacement = new_weight(name, mod)
+                saved[mod] = mod.weight.detach().clone()
+                mod.weight.copy_(replacement)
+            yield
+        finally:
+            for mod, w in saved.items():
+                mod.weight.copy_(w)
 
 
 @contextmanager
@@ -109,16 +156,9 @@ def round_trip_weights(model: GPT, qcfg: QuantConfig) -> Iterator[None]:
     fake-quantised forward pass exactly. At bits=16 it is the latent model. (Post-training
     quantisation at another bit-width passes dataclasses.replace(qcfg, bits=b).)
     """
-    with latent_weights(model), torch.no_grad():
-        if not qcfg.quantised:
+    if not qcfg.quantised:
+        with latent_weights(model):
             yield
-            return
-        saved = {}
-        try:  # the swap itself is inside the try: a failure half-way still restores what was swapped
-            for mod in quant_targets(model, qcfg).values():
-                saved[mod] = mod.weight.detach().clone()
-                mod.weight.copy_(quantise_dequantise(mod.weight, qcfg.bits, qcfg))
-            yield
-        finally:
-            for mod, w in saved.items():
-                mod.weight.copy_(w)
+        return
+    with swapped_weights(model, qcfg, lambda name, mod: quantise_dequantise(mod.weight, qcfg.bits, qcfg)):
+        yield

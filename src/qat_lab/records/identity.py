@@ -54,12 +54,15 @@ DATA_FACTS = {"fingerprint": "data.fingerprint", "tokenizer_sha256": "data.token
 """record["data"] facts that identify the corpus and tokenizer by content."""
 FP_RELEVANT_QUANT = ("quant.probe_bits",)
 """The only quant.* key that shapes an FP16 run's record (its grid-distance probe)."""
+FP_IRRELEVANT = ("qat_start",)
+"""Named axes that, like quant.*, say nothing about an FP16 run (when its QAT would start)."""
 ALIASES = {
     "tokenizer": ("data.tokenizer", "data.vocab_size", "data.tokenizer_sha256", "data.tokenizer_train_bytes"),
     "data": ("data",),
     "seq_len": ("data.seq_len",),
     "batch_size": ("data.batch_size",),
     "steps": ("steps", "trainer.tokens_per_param"),
+    "qat_start": ("qat_start", "quant.start", "quant.start_lr_below"),
 }
 """Named axes of the run record that stand for several identity keys (for --compare and cells)."""
 
@@ -136,7 +139,7 @@ def run_identity(record: dict[str, Any]) -> dict[str, Any]:
         ident.pop("data", None)
     if ident.get("bits") == FP_BITS:
         for key in ident:
-            if key.startswith("quant.") and key not in FP_RELEVANT_QUANT:
+            if (key.startswith("quant.") and key not in FP_RELEVANT_QUANT) or key in FP_IRRELEVANT:
                 ident[key] = ANY
     return ident
 
