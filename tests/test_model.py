@@ -158,3 +158,23 @@ def test_count_parameters(tie):
     assert model.cfg.matmul_params(VOCAB) == 12 * L * d * d + VOCAB * d
     assert model.cfg.parameter_counts(VOCAB) == counts  # the arithmetic the preflight uses
     assert all(isinstance(m, nn.Linear) and m.bias is None for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_bf16_autocast_on_cpu_matches_fp32_and_keeps_the_fused_norm():
+    """The norms' gains follow the activations' dtype, so torch's fused RMSNorm runs under bf16
+    autocast (no 'Mismatch dtype ... Cannot dispatch to fused implementation' warning)."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(d_model=64, n_layer=2, n_head=2), VOCAB)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(std=0.1)
+    x = torch.randint(0, VOCAB, (2, 17))
+    fp32 = lm_loss(model(x[:, :-1]), x[:, 1:])
+    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+        warnings.simplefilter("always")
+        bf16 = lm_loss(model(x[:, :-1]), x[:, 1:])
+    assert not [w for w in caught if "Mismatch dtype" in str(w.message)]
+    assert bf16.item() == pytest.approx(fp32.item(), rel=2e-3)

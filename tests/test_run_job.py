@@ -115,3 +115,48 @@ def test_resume_from_a_checkpoint_gives_the_same_run(tmp_path, monkeypatch):
     assert rec["status"] == "completed" and rec["resumed_from_step"] == 4
     assert rec["results"]["val_loss"] == pytest.approx(reference["results"]["val_loss"], rel=1e-6)
     assert steps(job) == list(range(9))
+
+
+def test_accumulated_micro_batches_give_the_same_run(tmp_path):
+    """trainer.accumulate_grad_batches splits the batch; the update is the same up to float rounding."""
+    whole = jobs.run_job(task_config(tmp_path / "whole", SMOKE))
+    split = jobs.run_job(task_config(tmp_path / "split", [*SMOKE, "trainer.accumulate_grad_batches=4"]))
+    assert split["status"] == "completed"
+    assert split["results"]["val_loss"] == pytest.approx(whole["results"]["val_loss"], rel=1e-4)
+
+
+def test_lightning_settings_reach_the_trainer(tmp_path, monkeypatch):
+    import lightning as L
+    from lightning.pytorch.profilers import SimpleProfiler
+
+    from qat_lab import train
+
+    made = []
+
+    class Recorded(L.Trainer):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(train.L, "Trainer", Recorded)
+    clipped = []
+    monkeypatch.setattr(train.torch.nn.utils, "clip_grad_value_", lambda params, v: clipped.append(v))
+    rec = jobs.run_job(task_config(tmp_path / "job", [*SMOKE, "trainer.deterministic=true", "trainer.profiler=simple",
+                                                      "trainer.grad_clip=0.5", "trainer.grad_clip_algorithm=value"]))
+    assert rec["status"] == "completed"
+    (trainer,) = made
+    assert isinstance(trainer.profiler, SimpleProfiler)
+    assert train.torch.are_deterministic_algorithms_enabled()  # what Trainer(deterministic=True) switches on
+    train.torch.use_deterministic_algorithms(False)
+    assert clipped == [0.5] * 6  # every update clipped by value
+
+
+def test_a_config_that_no_longer_validates_is_a_failed_record_not_a_crash(tmp_path):
+    """The preflight passed it, but the config files changed under a running sweep."""
+    job = tmp_path / "job"
+    cfg = task_config(job, SMOKE)
+    with open_dict(cfg):
+        cfg.trainer.steps = 0
+    rec = jobs.run_job(cfg)
+    assert rec["status"] == "failed" and "trainer.steps=0" in rec["error"]
+    assert read_record(job)["status"] == "failed"

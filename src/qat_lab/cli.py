@@ -335,8 +335,11 @@ def preflight(overrides: list[str], multirun: bool = True) -> int:
         count, jobs = expand(sweep_overrides(overrides, multirun))
         checked_data: set[str] = set()
         local = _launcher(jobs[0]) == "basic"  # jobs run on this machine (not on Slurm nodes)
+        identities: dict[str, list[str]] = {}
         for job in jobs:
-            spec = validate_job(_compose(job))
+            cfg = _compose(job)
+            spec = validate_job(cfg)
+            identities.setdefault(_job_identity(cfg, spec), []).append(" ".join(job))
             key = repr(spec.data)
             if key not in checked_data:
                 check_data(spec.data)
@@ -348,10 +351,25 @@ def preflight(overrides: list[str], multirun: bool = True) -> int:
                 # local multirun would start the whole sweep again in every process.
                 raise ConfigError(f"trainer.devices={spec.trainer.devices} needs one process per device: in a sweep use "
                                   "launcher=slurm with hydra.launcher.tasks_per_node=<devices>, or run single jobs")
+        same = [group for group in identities.values() if len(group) > 1]
+        if same:
+            print(f"qatlab: warning: {sum(len(g) - 1 for g in same)} job(s) would train exactly the same model as "
+                  f"another (e.g. '{same[0][0]}' and '{same[0][1]}': a cosine or constant schedule has no warmdown, "
+                  "and bits=16 ignores the quantiser settings); drop the axis that changes nothing", file=sys.stderr)
         hydra_cfg = _compose(jobs[0], with_hydra=True).hydra
         out = OmegaConf.select(hydra_cfg, "sweep.dir" if multirun else "run.dir")
         check_output_dir(str(out))
     return count
+
+
+def _job_identity(cfg, spec) -> str:
+    """The composed job's identity (records.identity, as the analysis will see it), as a string."""
+    from omegaconf import OmegaConf
+
+    from qat_lab.records.identity import run_identity
+
+    ident = run_identity({"config": OmegaConf.to_container(cfg, resolve=True), "axes": spec.axes()})
+    return repr(sorted(ident.items(), key=lambda kv: kv[0]))
 
 
 def _launcher(job: list[str]) -> str:
@@ -384,7 +402,8 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
             spec = build_spec(_compose(job))
             tokens = spec.trainer.steps * spec.data.batch_size * spec.data.seq_len
             flops = tokens * spec.model.flops_per_token(256, spec.data.seq_len)
-            row = rows.setdefault(spec.model.name, {"jobs": 0, "steps": set(), "tokens": 0, "flops": 0.0})
+            row = rows.setdefault(spec.model.name, {"jobs": 0, "steps": set(), "tokens": 0, "flops": 0.0,
+                                                    "gpu": spec.trainer.accelerator in ("gpu", "cuda")})
             row["jobs"] += per_combo
             row["steps"].add(spec.trainer.steps)
             row["tokens"] += tokens * per_combo
@@ -399,7 +418,21 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
     flops = sum(r["flops"] for r in rows.values())
     lines += ["", f"total: {total_jobs} jobs, {tokens:.3g} tokens, {flops / 1e15:.3g} PFLOP "
               f"(= {flops / (0.4 * GPU_PEAK_BF16 * 3600):.3g} H100-hours at 40% of 989 TFLOP/s bf16)"]
+    cpu_flops = sum(r["flops"] for r in rows.values() if not r["gpu"])
+    if cpu_flops:
+        from qat_lab.data.prepare import cache_root
+        from qat_lab.machine import CPU_MFU, cpu_matmul_rate
+
+        rate = cpu_matmul_rate(cache_root(None))
+        hours = cpu_flops / (CPU_MFU * rate) / 3600
+        lines.append(f"on this machine's CPU: about {_duration(hours)} for the CPU jobs, one after another "
+                     f"({CPU_MFU:.0%} of its measured {rate / 1e9:.0f} GFLOP/s fp32 matmul rate; evaluation and "
+                     "start-up come on top)")
     return "\n".join(lines)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
 
 
 LAST_RUN: dict[str, str | None] = {}

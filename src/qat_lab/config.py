@@ -62,9 +62,21 @@ class TrainerConfig:
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0 = never); a requeued job resumes from it."""
     grad_clip: float | None = None
-    """Clip the global gradient norm to this value; None = no clipping."""
+    """Clip gradients at this value (their global norm, or each element: grad_clip_algorithm); None = no clipping."""
+    grad_clip_algorithm: Literal["norm", "value"] = "norm"
+    """'norm': scale the gradient to global L2 norm <= grad_clip; 'value': clamp each element to +-grad_clip."""
+    accumulate_grad_batches: int = 1
+    """Split each batch into this many micro-batches, one backward each (same update, less memory;
+    data.batch_size must be a multiple). Not for the natural-gradient optimisers."""
+    deterministic: bool = False
+    """Lightning's deterministic mode (torch.use_deterministic_algorithms): slower, bitwise repeatable."""
+    profiler: Literal["simple", "advanced", "pytorch"] | None = None
+    """A Lightning profiler for the fit (its report goes to the job dir); None = off."""
     progress: bool = False
-    """Show Lightning's progress bar."""
+    """Show Lightning's progress bar (on a terminal; the progress lines below go to the log either way)."""
+    log_every: int | None = None
+    """A progress line (step, loss, tok/s, elapsed, ETA) every this many steps; None = a tenth of
+    the run; 0 = none (`qatlab -q` also turns them off)."""
     compile: bool = False
     """torch.compile the model (nn.Module.compile: same parameters and state_dict). Pays on GPUs for
     long runs; on CPU and for short runs the compile time usually costs more than it saves."""
@@ -80,10 +92,14 @@ class TrainerConfig:
             setattr(self, key, v.integer(f"trainer.{key}", getattr(self, key), 0))
         if self.max_loss is not None:
             v.positive("trainer.max_loss", self.max_loss)
+        if self.log_every is not None:
+            self.log_every = v.integer("trainer.log_every", self.log_every, 0)
         if self.divergence_grace is not None:
             self.divergence_grace = v.integer("trainer.divergence_grace", self.divergence_grace, 0)
         if self.grad_clip is not None:
             v.positive("trainer.grad_clip", self.grad_clip)
+        self.accumulate_grad_batches = v.integer("trainer.accumulate_grad_batches", self.accumulate_grad_batches, 1)
+        v.boolean("trainer.deterministic", self.deterministic)
         if self.threads is not None:
             self.threads = v.integer("trainer.threads", self.threads, 1)
         v.boolean("trainer.progress", self.progress)
@@ -96,6 +112,8 @@ class TrainerConfig:
 
     def grace_steps(self) -> int:
         """The divergence grace period in steps (see divergence_grace)."""
+        if self.log_every is not None:
+            self.log_every = v.integer("trainer.log_every", self.log_every, 0)
         if self.divergence_grace is not None:
             return self.divergence_grace
         return max(20, round(0.1 * self.steps))
@@ -221,6 +239,14 @@ def build_spec(cfg: DictConfig) -> RunSpec:
     _mirror(cfg, "bits", "quant.bits", built["quant"].bits)
     _mirror(cfg, "warmdown", "schedule.warmdown", built["schedule"].warmdown)
     spec = RunSpec(**built, warmdown=float(built["schedule"].warmdown), lr_mult=lr_mult, seed=seed)
+    accumulate = spec.trainer.accumulate_grad_batches
+    if accumulate > 1 and spec.data.batch_size % accumulate:
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate} does not divide data.batch_size="
+                          f"{spec.data.batch_size}")
+    if accumulate > 1 and spec.optim.name in ("ief", "ef", "sf"):
+        raise ConfigError(f"trainer.accumulate_grad_batches={accumulate}: optim={spec.optim.name} takes one natural-"
+                          "gradient step from the whole batch's per-sample gradients (bound its memory with "
+                          "optim.chunk_size or optim.jacobian=recompute instead)")
     spec.quant.check_widths({f"{n} ({o}x{i})": i for n, (o, i) in spec.model.block_matrices().items()}
                             | ({"embedding": spec.model.d_model} if spec.quant.quantise_embedding else {}))
     if spec.trainer.tokens_per_param is not None:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig
 from qat_lab import interrupts
 from qat_lab.config import build_spec
 from qat_lab.joblock import JobLock
-from qat_lab.records import completed_record, job_identity, new_record, now, write_record
+from qat_lab.records import SCHEMA_VERSION, completed_record, job_identity, new_record, now, write_record
 
 log = logging.getLogger("qat_lab")
 FAILED: list[str] = []
@@ -112,7 +112,10 @@ def _run_locked(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, lock: Job
     if done is not None:
         say(f"{head}: already completed, skipped")
         return done
-    spec = build_spec(cfg)
+    try:
+        spec = build_spec(cfg)
+    except Exception as e:  # the preflight checked this config; its files changed since (or a bug)
+        return _config_failure(cfg, ident, job_dir, head, e)
     record = new_record(spec, ident, cfg)
     if not _save(job_dir, record, head):
         FAILED.append(ident["job_name"])
@@ -160,6 +163,21 @@ def _run_locked(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, lock: Job
     record["timing"]["wall_s"] = time.perf_counter() - wall
     _save(job_dir, record, head)
     say(job_summary_line(record))
+    return record
+
+
+def _config_failure(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, head: str, e: Exception) -> dict:
+    """A job whose config no longer validates when it starts (the preflight passed it: the config
+    files were edited while the sweep ran) is recorded failed, and the sweep goes on."""
+    from omegaconf import OmegaConf
+
+    FAILED.append(ident["job_name"])
+    record = {"schema_version": SCHEMA_VERSION, "status": "failed", "sweep_id": ident["sweep_id"],
+              "job_name": ident["job_name"], "job_num": ident["job_num"], "job_dir": ident["job_dir"], "axes": {},
+              "results": {}, "error": _first_line(e), "config": OmegaConf.to_container(cfg, resolve=False),
+              "started_at": now(), "finished_at": now()}
+    _save(job_dir, record, head)
+    say(f"{head}: FAILED before training: {record['error']}")
     return record
 
 

@@ -40,13 +40,17 @@ def make_loggers(spec, ident: dict[str, Any], cfg: DictConfig) -> list:
     from lightning.pytorch.loggers import WandbLogger
 
     config = {**spec.axes(), "sweep_id": ident["sweep_id"], "cfg": OmegaConf.to_container(cfg, resolve=True)}
-    return [WandbLogger(
+    logger = WandbLogger(
         project=spec.logger.project, entity=spec.logger.entity, name=ident["job_name"], group=ident["sweep_id"],
         id=ident["wandb_id"], save_dir=ident["job_dir"], offline=mode == "offline",
         job_type="train", tags=tags_for(spec, ident), config=config, log_model=False, resume="allow",
         # Quiet console (one line per job is ours to print) and no stdout capture.
         settings=wandb.Settings(silent=True, console="off"),
-    )]
+    )
+    # Lightning always passes anonymous=None, which wandb 0.31 answers with "The anonymous setting
+    # has no effect" on every run; the setting is gone from W&B, so leave it out.
+    logger._wandb_init.pop("anonymous", None)
+    return [logger]
 
 
 def describe(loggers: list, record: dict[str, Any]) -> None:

@@ -73,10 +73,20 @@ class QATLanguageModel(L.LightningModule):
             # here; the returned loss is the mean token loss, as below.
             loss = opts[0].natural_step(x, y)
         else:
-            loss = lm_loss(self.model(x), y)
-            self.manual_backward(loss)
-            if self.spec.trainer.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.trainer.grad_clip)
+            # Micro-batches of equal size (trainer.accumulate_grad_batches): the mean of their mean
+            # losses is the batch's mean loss, so the summed gradients are the batch's gradient.
+            k = self.spec.trainer.accumulate_grad_batches
+            losses = []
+            for xm, ym in zip(x.chunk(k), y.chunk(k)):
+                micro = lm_loss(self.model(xm), ym)
+                self.manual_backward(micro / k)
+                losses.append(micro.detach())
+            loss = torch.stack(losses).mean()
+            clip = self.spec.trainer.grad_clip
+            if clip is not None and self.spec.trainer.grad_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.model.parameters(), clip)
+            elif clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
             for opt in opts:
                 opt.step()
             for opt in opts:

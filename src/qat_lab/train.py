@@ -27,6 +27,7 @@ from qat_lab import loggers as wandb_loggers
 from qat_lab.callbacks import (Checkpointer, DivergenceRule, GridProbe, History, QuickValidation, TrainingMonitor,
                                final_divergence, load_checkpoint, rows_before)
 from qat_lab.callbacks.checkpoint import CHECKPOINT_NAME, set_aside
+from qat_lab.callbacks.progress import Progress
 from qat_lab.config import RunSpec
 from qat_lab.data.datamodule import LMDataModule
 from qat_lab.evaluation import final_evaluation
@@ -36,11 +37,16 @@ from qat_lab.records.identity import config_fingerprint
 
 
 def quiet_lightning() -> None:
-    """Keep a sweep's console readable: one line per job from us, warnings from Lightning."""
+    """Keep a sweep's console readable: our lines, Lightning's warnings, and none of the known
+    noise, each filter as narrow as the message it silences."""
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*torch.set_float32_matmul_precision.*")
+    # Lightning 2.6's own pytree helper still builds torch's deprecated LeafSpec (torch 2.13);
+    # harmless, and nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+                            module=r"lightning\.pytorch\.utilities\._pytree")
 
 
 def trainer_precision(spec: RunSpec) -> str:
@@ -92,11 +98,20 @@ def build(spec: RunSpec, ident: dict[str, Any], record: dict[str, Any], say=prin
         record["resumed_from_step"] = resume["step"]
         say(f"[{ident['job_num']}] {ident['job_name']}: resuming from step {resume['step']}")
 
-    return Job(spec, job_dir, data, module, make_monitor(spec, data, job_dir, fingerprint, resume, module.qat_start_step))
+    head = f"[{ident['job_num']}] {ident['job_name']}"
+    tokens = spec.trainer.steps * spec.data.batch_size * spec.data.seq_len
+    if len(data.train_tokens) and tokens > len(data.train_tokens):
+        say(f"{head}: reads {tokens / len(data.train_tokens):.1f} epochs of its {len(data.train_tokens):,} training "
+            "tokens (the corpus repeats)")
+    monitor = make_monitor(spec, data, job_dir, fingerprint, resume, module.qat_start_step,
+                           Progress(head, spec.trainer.steps, spec.data.batch_size * spec.data.seq_len,
+                                    spec.trainer.log_every))
+    return Job(spec, job_dir, data, module, monitor)
 
 
 def make_monitor(spec: RunSpec, data: LMDataModule, job_dir: Path, fingerprint: str,
-                 resume: dict | None = None, qat_start: int | None = None) -> TrainingMonitor:
+                 resume: dict | None = None, qat_start: int | None = None,
+                 progress: Progress | None = None) -> TrainingMonitor:
     """The run's TrainingMonitor and its pieces, configured from the spec."""
     t = spec.trainer
     grid = GridProbe(spec.quant, t.grid_every, spec.schedule.warmdown_start(t.steps), qat_start)
@@ -110,6 +125,7 @@ def make_monitor(spec: RunSpec, data: LMDataModule, job_dir: Path, fingerprint: 
         history=History(job_dir),
         divergence=DivergenceRule(data.vocab_size, t.grace_steps(), t.max_loss),
         checkpointer=Checkpointer(job_dir, t.checkpoint_every, fingerprint, t.steps),
+        progress=progress,
         resume=resume,
     )
 
@@ -121,7 +137,8 @@ def make_trainer(spec: RunSpec, job_dir: Path, callbacks: list, loggers: list) -
         accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=trainer_precision(spec),
         max_epochs=1, logger=loggers or False, callbacks=callbacks, enable_checkpointing=False,
         enable_progress_bar=t.progress, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(job_dir),
+        limit_val_batches=0, log_every_n_steps=1, default_root_dir=str(job_dir), deterministic=t.deterministic,
+        profiler=t.profiler,
         # Each rank draws its own batches (RandomWindows is rank-aware): no sampler splitting
         # the steps between ranks.
         use_distributed_sampler=False,

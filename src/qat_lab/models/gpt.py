@@ -15,6 +15,17 @@ import torch.nn.functional as F
 from qat_lab.models.config import GPTConfig
 
 
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm whose gain follows the input's dtype. Under bf16 autocast the matmuls hand it
+    bf16 activations while the gain is an fp32 master weight; torch then refuses its fused kernel
+    (with a warning on every call) and takes the slow path. Casting the gain, a vector of ~1s,
+    to bf16 costs nothing in accuracy (tested against fp32) and keeps the fused kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight if self.weight is None or self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, w, self.eps)
+
+
 class Rotary(nn.Module):
     """Rotary position embedding; cos/sin tables are cached per sequence length and device."""
 
@@ -51,8 +62,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
         # QK-norm keeps attention logits bounded, which matters once weights are quantised.
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.q_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,9 +94,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = Attention(cfg)
-        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,9 +109,9 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         self.wte = nn.Embedding(vocab_size, cfg.d_model)
-        self.embed_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.embed_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.final_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.final_norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         # The head is an nn.Linear even when tied, so the quantiser can wrap it like any matrix.
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.reset_parameters()
