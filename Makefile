@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup sweep test test-fast bench lock clean
+.PHONY: setup sweep test test-fast bench gpu-check lock clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ bench: $(STAMP)
 	$(PY) -m bench.run --out docs/benchmarks.md
 	$(PY) -m bench.ief_bench --out docs/benchmarks_ief.md
 	$(PY) bench/analysis_bench.py --out docs/benchmarks_analysis.md
+
+# The GPU path in one command: throughput and bf16 MFU (15m/50m/100m, eager and compiled), bf16 vs
+# fp32 parity, Muon's bf16 Newton-Schulz, a 4-job CLI sweep; CPU mode (tiny models) without a GPU.
+gpu-check: $(STAMP)
+	$(PY) -m bench.gpu_check --out docs/benchmarks_gpu.md
 
 lock: $(STAMP)
 	$(PY) -m pip freeze --exclude-editable | sed 's/+cpu//' > requirements.lock.new

@@ -17,6 +17,10 @@ EXPECTED_JOBS = {
     "cpu_phase2": 72,
     "cpu_qat_start": 120,   # bits {4,6} x 6 QAT-start arms x 2 warmdowns x 5 seeds
     "qat_start": 288,       # 4 sizes x bits {4,6} x 6 arms x 2 warmdowns x 3 seeds
+    "cpu_schedule_study": 36,   # bits {16,6,4} x 6 warmdowns x 2 seeds
+    "cpu_pilot": 12,            # bits {16,6,4} x warmdown {0,0.5} x 2 seeds
+    "phase2_pilot": 216,        # 4 sizes x 3 lr_mult x 3 bits x 2 warmdowns x 3 seeds
+    "phase5_int4_pilot": 84,    # 7 sizes x 2 bits x 2 warmdowns x 3 seeds
 }
 
 

@@ -47,6 +47,9 @@ def test_a_smoke_job_completes_with_its_record_and_history(tmp_path):
     rows = list(csv.DictReader(open(job / "metrics.csv")))
     assert rows[3]["grid_distance"] and rows[3]["val_loss"] and not rows[1]["val_loss"]  # measured every 3 steps
     assert float(rows[6]["val_loss"]) == pytest.approx(on_disk["results"]["val_loss"])  # the final evaluation
+    # The loss curve: a fixed held-out batch at step 0 (every 10), at the warmdown start 4, after the last update.
+    assert [int(r["step"]) for r in rows if r["curve_loss"]] == [0, 4, 6]
+    assert float(rows[6]["curve_loss"]) < float(rows[0]["curve_loss"])
     assert not (job / "job.lock").exists()
     # Run again: skipped, record untouched.
     before = (job / "run.json").read_bytes()

@@ -111,19 +111,31 @@ def normalise(overrides: list[str]) -> list[str]:
     return out
 
 
+_COMPOSED: dict[tuple[str, ...], object] = {}
+"""Compositions of this command (with the hydra node): each distinct override list is composed once."""
+
+
 def _compose(job: list[str], with_hydra: bool = False):
+    """The composed config of one job (the hydra node kept only if asked: build_spec ignores it)."""
     from hydra import compose
     from hydra.errors import HydraException, MissingConfigException
+    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        return compose(config_name="config", overrides=job, return_hydra_config=with_hydra)
-    except MissingConfigException as e:
-        raise ConfigError(_missing_config_line(e, job)) from None
-    except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
-        if "Config group override must be a string" in str(e):  # qat_start=0.5: a number where a name goes
-            raise ConfigError(_numeric_group_value(job)) from None
-        raise ConfigError(_override_error(str(e), job)) from None
+    key = tuple(job)
+    if key not in _COMPOSED:
+        try:
+            _COMPOSED[key] = compose(config_name="config", overrides=job, return_hydra_config=True)
+        except MissingConfigException as e:
+            raise ConfigError(_missing_config_line(e, job)) from None
+        except (HydraException, OmegaConfBaseException, ValueError) as e:  # Hydra raises ValueError for some overrides
+            if "Config group override must be a string" in str(e):  # qat_start=0.5: a number where a name goes
+                raise ConfigError(_numeric_group_value(job)) from None
+            raise ConfigError(_override_error(str(e), job)) from None
+    cfg = _COMPOSED[key]
+    if with_hydra:
+        return cfg
+    return OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
 
 
 def _numeric_group_value(job: list[str]) -> str:
@@ -241,13 +253,23 @@ def expand(overrides: list[str]) -> tuple[int, list[list[str]]]:
 
 @contextmanager
 def _config_module():
+    """Hydra initialised on qat_lab's config package for this block (re-entrant: an inner block
+    reuses the outer one and its compositions)."""
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+    if GlobalHydra.instance().is_initialized() and _COMPOSED.get(("__qatlab__",)):
         yield
+        return
     GlobalHydra.instance().clear()
+    _COMPOSED.clear()
+    _COMPOSED[("__qatlab__",)] = True
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()
+        _COMPOSED.clear()
 
 
 def validate_job(cfg):
@@ -485,12 +507,12 @@ def main() -> None:
         os.environ["QATLAB_QUIET"] = "1"
     if overrides is not None:
         try:
-            with _config_module():
+            with _config_module():  # one Hydra initialisation for normalising and checking
                 overrides = normalise(overrides)
-            if "--dry-run" in argv:
-                print(dry_run(overrides, multirun))
-                return
-            preflight(overrides, multirun)
+                if "--dry-run" in argv:
+                    print(dry_run(overrides, multirun))
+                    return
+                preflight(overrides, multirun)
         except (ConfigError, DataError) as e:
             print(f"qatlab: error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -53,6 +53,12 @@ class TrainerConfig:
     """Batches in each quick validation (the final evaluation uses data.val_tokens)."""
     grid_every: int = 50
     """Measure the weight-to-grid distance every this many steps (also pre-warmdown and at the end)."""
+    curve_every: int = 10
+    """The low-noise loss curve (`curve_loss`): the loss on a fixed held-out batch every this many
+    steps, at the first warmdown step and after the last one; 0 disables. What the schedule laws
+    are fitted on (docs/prediction.md)."""
+    curve_batches: int = 1
+    """Held-out batches in each curve point (the same ones every time: only the model changes)."""
     max_loss: float | None = None
     """A train loss above this at any step marks the run diverged at once; None = no fixed cap (the
     data-defined rules of docs/reliability.md still apply)."""
@@ -88,7 +94,7 @@ class TrainerConfig:
         if self.tokens_per_param is not None:
             v.positive("trainer.tokens_per_param", self.tokens_per_param)
         self.devices = check_devices(self.devices)
-        for key in ("val_every", "grid_every", "val_batches", "checkpoint_every"):
+        for key in ("val_every", "grid_every", "val_batches", "checkpoint_every", "curve_every", "curve_batches"):
             setattr(self, key, v.integer(f"trainer.{key}", getattr(self, key), 0))
         if self.max_loss is not None:
             v.positive("trainer.max_loss", self.max_loss)
@@ -211,7 +217,7 @@ TOP_LEVEL = ("bits", "warmdown", "lr_mult", "seed", "path", *GROUPS)
 
 
 def _check_top_level(cfg: DictConfig) -> None:
-    unknown = sorted(k for k in cfg.keys() if k not in TOP_LEVEL)
+    unknown = sorted(k for k in cfg.keys() if k not in TOP_LEVEL and k != "hydra")
     if unknown:
         key = str(unknown[0])
         near = difflib.get_close_matches(key, TOP_LEVEL, n=1)

@@ -28,6 +28,7 @@ from qat_lab.callbacks import (Checkpointer, DivergenceRule, GridProbe, History,
                                final_divergence, load_checkpoint, rows_before)
 from qat_lab.callbacks.checkpoint import CHECKPOINT_NAME, set_aside
 from qat_lab.callbacks.progress import Progress
+from qat_lab.callbacks.validation import LossCurve
 from qat_lab.config import RunSpec
 from qat_lab.data.datamodule import LMDataModule
 from qat_lab.evaluation import final_evaluation
@@ -119,6 +120,7 @@ def make_monitor(spec: RunSpec, data: LMDataModule, job_dir: Path, fingerprint: 
         grid.pre_warmdown = resume["grid_pre_warmdown"]
         grid.at_qat_start = resume.get("grid_at_qat_start")
     quick_batches = data.eval_batches(t.val_batches * spec.data.batch_size * spec.data.seq_len)
+    curve_batches = data.eval_batches(t.curve_batches * spec.data.batch_size * spec.data.seq_len)
     return TrainingMonitor(
         grid=grid,
         quick_val=QuickValidation(t.val_every, quick_batches, data.bits_per_byte_for(quick_batches)),
@@ -127,6 +129,7 @@ def make_monitor(spec: RunSpec, data: LMDataModule, job_dir: Path, fingerprint: 
         checkpointer=Checkpointer(job_dir, t.checkpoint_every, fingerprint, t.steps),
         progress=progress,
         resume=resume,
+        curve=LossCurve(t.curve_every, curve_batches, spec.schedule.warmdown_start(t.steps)),
     )
 
 
@@ -180,10 +183,13 @@ def collect(job: Job, trainer: L.Trainer, train_s: float, record: dict[str, Any]
         results["grid_distance_final"], results["grid_distance_final_per_layer"] = grid.final
         autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
         calibration = data.calibration_batches(spec.ptq.calibration_batches) if "gptq" in spec.ptq.methods else []
+        final_row = {"grid_distance": results["grid_distance_final"]}
+        if monitor.curve is not None and monitor.curve.every:  # the curve's last point, after the last update
+            final_row.update(monitor.curve.measure(module.model, autocast))
         results.update(final_evaluation(module.model, spec.quant, data.eval_batches(), data.bits_per_byte, autocast,
                                         spec.ptq, calibration))
-        monitor.history.write(spec.trainer.steps, {"val_loss": results["val_loss"], "val_bpb": results["val_bpb"],
-                                                   "grid_distance": results["grid_distance_final"]}, trainer.loggers)
+        final_row.update(val_loss=results["val_loss"], val_bpb=results["val_bpb"])
+        monitor.history.write(spec.trainer.steps, final_row, trainer.loggers)
         verdict = final_divergence(steps_done, results["val_loss"], results["val_bpb"], data.unigram_bpt,
                                    data.vocab_size, spec.trainer.grace_steps())
     if verdict is not None:

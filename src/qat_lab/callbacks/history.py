@@ -20,7 +20,7 @@ from pathlib import Path
 from qat_lab.atomic import atomic_output
 from qat_lab.records import HISTORY_NAME
 
-MEASURED_COLUMNS = ("val_loss", "val_bpb", "grid_distance", "qat_on")
+MEASURED_COLUMNS = ("val_loss", "val_bpb", "curve_loss", "grid_distance", "qat_on")
 
 
 def rows_before(path: Path, step: int) -> list[dict[str, str]] | None:

@@ -3,7 +3,8 @@
     before update t, on the weights entering it (rank 0):
       1. grid distance, every trainer.grid_every steps, at the first warmdown step t0 (the
          pre-warmdown snapshot) and at the step QAT turns on (late QAT: quant.start)
-      2. quick validation, every trainer.val_every steps (t > 0)
+      2. quick validation, every trainer.val_every steps (t > 0), and the loss curve on a fixed
+         held-out batch, every trainer.curve_every steps and at t0
     update t: QATLanguageModel.training_step (module.py): LR and momentum for t, forward,
       backward, optimiser step; it leaves the batch loss and the LRs on the module
     after update t:
@@ -30,13 +31,14 @@ from qat_lab.callbacks.divergence import Divergence, DivergenceRule
 from qat_lab.callbacks.grid_distance import GridProbe
 from qat_lab.callbacks.history import History
 from qat_lab.callbacks.progress import Progress
-from qat_lab.callbacks.validation import QuickValidation
+from qat_lab.callbacks.validation import LossCurve, QuickValidation
 
 
 class TrainingMonitor(L.Callback):
     def __init__(self, grid: GridProbe, quick_val: QuickValidation, history: History, divergence: DivergenceRule,
-                 checkpointer: Checkpointer, progress: Progress | None = None, resume: dict | None = None):
-        self.grid, self.quick_val, self.history = grid, quick_val, history
+                 checkpointer: Checkpointer, progress: Progress | None = None, resume: dict | None = None,
+                 curve: LossCurve | None = None):
+        self.grid, self.quick_val, self.history, self.curve = grid, quick_val, history, curve
         self.divergence, self.checkpointer, self.progress, self.resume = divergence, checkpointer, progress, resume
         self.diverged: Divergence | None = None
         self._measured: dict[str, float | None] = {}
@@ -54,9 +56,11 @@ class TrainingMonitor(L.Callback):
             return
         if self.grid.due(t):
             self._measured["grid_distance"] = self.grid.measure(pl_module.model, t)[0]
+        autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
         if self.quick_val.due(t):
-            autocast = getattr(trainer.precision_plugin, "forward_context", nullcontext)
             self._measured.update(self.quick_val.measure(pl_module.model, autocast))
+        if self.curve is not None and self.curve.due(t):
+            self._measured.update(self.curve.measure(pl_module.model, autocast))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         t = pl_module.step - 1  # the update that just happened
