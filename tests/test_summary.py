@@ -98,3 +98,26 @@ def test_summarise_empty_sweep_resets_counts(tmp_path: Path):
     text = summary.summarise_sweep(tmp_path)
     assert summary.LAST_SWEEP["counts"] == {}
     assert "runs: none" in text
+
+
+def _with_config(r: dict, matrix_lr: float) -> dict:
+    name = f"bits={r['axes']['bits']},optim.matrix_lr={matrix_lr}"
+    return {**r, "job_name": name, "config": {"optim": {"name": "muon", "matrix_lr": matrix_lr}}}
+
+
+def test_a_swept_config_key_gets_a_column_and_pairs_within_its_value():
+    records = [_with_config(_rec(16, 2.0), 0.005), _with_config(_rec(4, 2.3), 0.005),
+               _with_config(_rec(16, 2.5), 0.04), _with_config(_rec(4, 2.6), 0.04)]
+    rows = _rows(summary.sweep_table(records))
+    assert sorted(r["optim.matrix_lr"] for r in rows) == ["0.005", "0.005", "0.04", "0.04"]  # as set, not rounded
+    pen = {(r["bits"], r["optim.matrix_lr"]): r["penalty"] for r in rows}
+    assert pen == {("16", "0.005"): "0.0000", ("4", "0.005"): "0.3000", ("16", "0.04"): "0.0000",
+                   ("4", "0.04"): "0.1000"}
+
+
+def test_summary_says_why_a_run_has_no_penalty(tmp_path: Path):
+    records = [_with_config(_rec(16, 2.0), 0.005), _with_config(_rec(4, 2.3), 0.04)]
+    for i, r in enumerate(records):
+        runs.write_record(tmp_path / f"job{i}", r)
+    text = summary.summarise_sweep(tmp_path)
+    assert "no penalty for 1 completed run(s): no completed bits=16 run with the same optim.matrix_lr" in text

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 
 from qat_lab.errors import RunRecordError
 from qat_lab.records import find_records, read_record
-from qat_lab.records.identity import ANY, extra_axes, penalties, run_identity
+from qat_lab.records.identity import ANY, extra_axes, penalties, run_identity, shown, usable, why_unpaired
 
 ALWAYS_SHOWN = ("bits", "warmdown")
 LAST_SWEEP: dict[str, Any] = {}
@@ -43,9 +43,12 @@ def _fmt(v: Any, digits: int = 3) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:.{digits}f}"
-    if isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v):
-        return v[:10]  # a content fingerprint: its first characters tell two corpora apart
-    return str(v)
+    return shown(v)  # a content fingerprint: its first characters tell two corpora apart
+
+
+def _fmt_key(v: Any) -> str:
+    """An extra config key's value as it was set (0.005 stays 0.005), fingerprints shortened."""
+    return "-" if v is None or v is ANY else shown(v)
 
 
 def _sort_key(v: Any) -> tuple:
@@ -75,7 +78,7 @@ def sweep_table(records: list[dict]) -> str:
     for i in order:
         r = records[i]
         res, timing = r.get("results", {}), r.get("timing", {})
-        row = [_fmt(value(i, c)) for c in columns] + [
+        row = [_fmt(value(i, c)) if c in varying else _fmt_key(value(i, c)) for c in columns] + [
             r["status"], _fmt(res.get("val_loss")), _fmt(res.get("val_bpb")),
             _fmt(pen[i], 4) if pen[i] is not None else "-", _fmt(res.get("latent_val_bpb")),
             _fmt(res.get("grid_distance_final")), _fmt(timing.get("wall_s"), 1),
@@ -94,7 +97,7 @@ def summarise_sweep(sweep_dir: str | Path) -> str:
     unigram = sorted({round(r["results"]["unigram_val_bpb"], 3) for r in records
                       if r.get("results", {}).get("unigram_val_bpb") is not None})
     pen = penalties(records)
-    missing = [r["job_name"] for r, p in zip(records, pen) if p is None and r["status"] == "completed"]
+    missing = [i for i, (r, p) in enumerate(zip(records, pen)) if p is None and usable(r) and r["axes"].get("bits") != 16]
     text = [f"# Sweep {Path(sweep_dir).name}", "", sweep_table(records), ""]
     text.append("runs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) if counts else "runs: none")
     if unigram:
@@ -104,8 +107,9 @@ def summarise_sweep(sweep_dir: str | Path) -> str:
                 "other setting; grid_dist = weight-to-grid distance at the run's bits (probe bits for 16), "
                 "0.25 = uniform")
     if missing:
-        text.append(f"no penalty for {len(missing)} completed run(s): no completed bits=16 run with the same "
-                    f"settings (e.g. {missing[0]})")
+        identities, ok = [run_identity(r) for r in records], [usable(r) for r in records]
+        reason = why_unpaired(identities[missing[0]], identities, ok)
+        text.append(f"no penalty for {len(missing)} completed run(s): {reason} (e.g. {records[missing[0]]['job_name']})")
     text.extend(f"unreadable record: {p}" for p in problems)
     return "\n".join(text)
 

@@ -1,4 +1,4 @@
-"""The penalty law: closed-form OLS and prediction intervals equal statsmodels; planted laws recovered."""
+"""The penalty law: statsmodels' OLS and prediction intervals equal METHOD's closed form; planted laws recovered."""
 
 from __future__ import annotations
 
@@ -7,29 +7,44 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-import statsmodels.api as sm
 
 from qat_lab.analysis import penalty_law
 
 
+def closed_form(x, y, x0, alpha=0.05):
+    """METHOD section 7 written out: OLS line, s^2 = RSS/(n-2), and the prediction interval
+    yhat0 +- t(1 - alpha/2, n-2) s sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx)."""
+    from scipy import stats
+
+    n, xbar, ybar = len(x), x.mean(), y.mean()
+    sxx = ((x - xbar) ** 2).sum()
+    b = ((x - xbar) * (y - ybar)).sum() / sxx
+    a = ybar - b * xbar
+    rss = ((y - a - b * x) ** 2).sum()
+    s = math.sqrt(rss / (n - 2))
+    yhat = a + b * x0
+    half = stats.t.ppf(1 - alpha / 2, n - 2) * s * np.sqrt(1 + 1 / n + (x0 - xbar) ** 2 / sxx)
+    return {"a": a, "b": b, "se_a": s * math.sqrt(1 / n + xbar ** 2 / sxx), "se_b": s / math.sqrt(sxx),
+            "r2": 1 - rss / ((y - ybar) ** 2).sum(), "yhat": yhat, "lo": yhat - half, "hi": yhat + half}
+
+
 @pytest.mark.parametrize("n", [3, 4, 7])
-def test_line_and_prediction_interval_equal_statsmodels(n: int):
+def test_line_and_prediction_interval_equal_the_closed_form(n: int):
     rng = np.random.default_rng(n)
     x = np.log(np.geomspace(5e6, 1e8, n))
     y = 0.3 - 0.015 * x + rng.normal(0, 0.003, n)
     fit = penalty_law.ols_line(x, y)
-    res = sm.OLS(y, sm.add_constant(x)).fit()
-    assert fit.a == pytest.approx(res.params[0], abs=1e-10)
-    assert fit.b == pytest.approx(res.params[1], abs=1e-10)
-    assert fit.se_a == pytest.approx(res.bse[0], rel=1e-9)
-    assert fit.se_b == pytest.approx(res.bse[1], rel=1e-9)
-    assert fit.r2 == pytest.approx(res.rsquared, abs=1e-10)
     x0 = np.log(np.array([3e6, 2e7, 1.75e8, 3.5e8]))  # inside and outside the fitted range
-    frame = res.get_prediction(sm.add_constant(x0, has_constant="add")).summary_frame(alpha=0.05)
+    ref = closed_form(x, y, x0)
+    for key in ("a", "b"):
+        assert getattr(fit, key) == pytest.approx(ref[key], abs=1e-10)
+    for key in ("se_a", "se_b"):
+        assert getattr(fit, key) == pytest.approx(ref[key], rel=1e-9)
+    assert fit.r2 == pytest.approx(ref["r2"], abs=1e-10)
     yhat, lo, hi = fit.predict(x0)
-    np.testing.assert_allclose(yhat, frame["mean"], atol=1e-10, rtol=0)
-    np.testing.assert_allclose(lo, frame["obs_ci_lower"], atol=1e-10, rtol=0)
-    np.testing.assert_allclose(hi, frame["obs_ci_upper"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(yhat, ref["yhat"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(lo, ref["lo"], atol=1e-10, rtol=0)
+    np.testing.assert_allclose(hi, ref["hi"], atol=1e-10, rtol=0)
 
 
 def test_four_sizes_use_t_with_two_dof():

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from qat_lab.analysis import load, pipeline, report, synthetic
+from qat_lab.analysis import grid_ratio, load, pipeline, report, synthetic
 from qat_lab.analysis.cells import CELL_ID
 from tests.analysis.conftest import small_planted
 
@@ -36,7 +36,7 @@ def test_optimum_does_not_move_with_bits(synthetic_analysis):
     a, planted = synthetic_analysis
     assert len(a.interaction) == len(planted.sizes)
     for g in a.interaction:
-        assert set(g["optimal_warmdown_by_bits"].values()) == {planted.optimum}
+        assert set(g["optimum_by_bits"].values()) == {planted.optimum}
         assert not g["moves"] and g["f_test"]["df_num"] == (len(planted.bits) - 1) * (len(planted.warmdowns) - 1)
 
 
@@ -54,7 +54,7 @@ def test_grid_ratio_recovered_only_on_the_shared_grid(synthetic_analysis):
     assert set(a.ratios["bits"]) == {6}
     assert a.ratios["pre_warmdown_mean"].to_numpy() == pytest.approx(planted.grid_ratio, rel=1e-9)
     assert a.ratios["final_mean"].to_numpy() == pytest.approx(planted.grid_ratio, rel=1e-9)
-    assert a.unmatched_grid_bits == [4]
+    assert a.missing_ratios == {grid_ratio.OTHER_GRID: [4]}
 
 
 def test_report_files_hold_every_run_and_cell(synthetic_analysis, tmp_path):
@@ -162,3 +162,27 @@ def test_cells_are_labelled_by_the_axes_that_vary(synthetic_analysis):
     a, _ = synthetic_analysis
     assert a.shown == ["bits", "model"]
     assert "bits=6 model=m5" in set(a.cells[CELL_ID])
+
+
+def test_metrics_csv_irregular_lines_go_to_pandas(tmp_path):
+    import math
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,train_loss,val_loss\n0,3.5,\n1,3.4,2.9\n2,3.3")  # the last line cut short mid-write
+    frame = load.read_metrics_csv(path)
+    assert frame["step"].tolist() == [0, 1, 2] and frame["val_loss"].tolist()[1] == 2.9
+    assert math.isnan(frame["val_loss"].iloc[0]) and math.isnan(frame["val_loss"].iloc[2])
+    path.write_text("step,train_loss\n0,3.5\n1,oops\n")
+    with pytest.raises(ValueError):
+        load.read_metrics_csv(path)
+    path.write_text("step,train_loss\n0,3.5,1,2\n")
+    with pytest.raises(ValueError):
+        load.read_metrics_csv(path)
+
+
+def test_expected_jobs_count_the_experiments_sweep_and_the_command_line(tmp_path):
+    # An experiment's hydra.sweeper.params sweep too; a command-line override of a key replaces it.
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  sweeper:\n    params:\n      bits: 4,6\n      seed: 0,1,2\n      model: cpu-xs\n"
+        "  overrides:\n    task:\n    - experiment=x\n    - seed=0,1\n    - warmdown=0.1,0.33\n")
+    assert load._expected_jobs(tmp_path) == 2 * 2 * 2

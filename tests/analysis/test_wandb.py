@@ -175,3 +175,18 @@ def test_to_wandb_logs_tables_plots_and_report_as_an_offline_analysis_run(api, t
     assert {"report.md", "fits.json", "runs.csv"} <= set(fake.artifacts[0].files)
     assert fake.finished
     assert np.isfinite(a.table["val_loss"].dropna()).all()
+
+
+def test_tables_sent_to_wandb_hold_the_wildcard_as_text():
+    import json
+
+    import pandas as pd
+
+    from qat_lab.records.identity import ANY
+
+    frame = pd.DataFrame({"bits": [16, 4], "quant.scale_rule": [ANY, "absmax"], "val_loss": [2.0, 2.1]})
+    out = wandb_export._loggable(frame)
+    assert out["quant.scale_rule"].tolist() == ["*", "absmax"] and out["val_loss"].tolist() == [2.0, 2.1]
+    json.dumps(out.to_dict("records"))  # what W&B will do with it
+    with pytest.raises(TypeError):
+        json.dumps(frame.to_dict("records"))

@@ -1,16 +1,20 @@
 """qatlab-analyze: pull runs back (local run records or W&B) and produce the paper's results.
 
 Modules, one job each:
-    load.py           local records / W&B runs -> run records + histories -> one table
-    coverage.py       usable, excluded (with reasons) and missing runs
-    cells.py          cells, paired penalties (qat_lab.summary's pairing), optimal warmdown
-    stats.py          paired t / z, wins, exact sign test, Holm
-    comparisons.py    every warmdown vs the cell's best; the schedule x bits interaction
+    load.py           local records / W&B runs (summary + history) -> run records + histories -> one table
+    design.py         the keys that tell runs apart (named axes + extra config keys), --compare,
+                      cells, groups of cells differing only in bits (FP16 wildcards)
+    coverage.py       usable, excluded (with reasons), duplicates (equal identity) and missing runs
+    cells.py          cells, paired penalties (records.identity's pairing), optimum along the key
+    stats.py          paired t / z, wins, exact sign test, Holm (scipy, statsmodels)
+    comparisons.py    every level vs the cell's best; the key x bits interaction
     penalty_law.py    P = a + b ln N by OLS, prediction intervals, hold-out, power law
-    grid_ratio.py     weight-to-grid distance ratio QAT / FP16
+    grid_ratio.py     weight-to-grid distance ratio QAT / FP16, measured with the same ruler
     annealing_law.py  L = L0 + A S1^-alpha - C S2 fitted on loss curves (Tissue et al. 2024)
+    multipower_law.py the Multi-Power Law (Luo et al. 2025; not yet in the report)
+    scorecard.py      the paper's claims C1-C5: statistic, n, verdict
     pipeline.py       all of the above in order -> Analysis
     parallel.py       annealing fits and figures in forked worker processes (--workers)
-    plots.py          the figures;  report.py  report.md, CSVs, fits.json
+    plots.py          the figures;  markdown.py  numbers and tables;  report.py  report.md, CSVs, fits.json
     wandb_export.py   --to-wandb;   cli.py  the console script
 """

@@ -41,7 +41,8 @@ N_POLISH = 2
 """Alpha-grid starts (the best by their linear pre-fit) polished with L-BFGS-B at the first lambda
 of the grid; the others are polished from the previous lambda's solution (the fits are chained
 along the grid), and the chosen one once more from its own best alpha-grid start."""
-CANDIDATE_FRACTIONS = tuple(np.round(np.arange(0.0, 1.0 + 1e-9, 0.02), 2))
+CANDIDATE_STEP = 0.02
+CANDIDATE_FRACTIONS = tuple(np.round(np.arange(0.0, 1.0 + 1e-9, CANDIDATE_STEP), 2))
 """Warmdown fractions the fitted law is asked about when it predicts the optimum."""
 LBFGS_OPTIONS = {"maxiter": 20000, "maxfun": 50000, "ftol": 1e-12, "gtol": 1e-8, "maxls": 50}
 """Tight: the objective is normalised to order 1-100 (see _Problem), so ftol is ~1e-11 absolute,
@@ -321,6 +322,25 @@ class CellLaw:
         """The lambda-sensitivity row of the chosen lambda ({} before fitting)."""
         return next((r for r in self.by_lambda if r["lambda"] == self.best_lam), {})
 
+    @property
+    def optimum_range(self) -> tuple[float, float] | None:
+        """(min, max) of the predicted optimal warmdown over the lambda grid (None: not predicted)."""
+        values = [r["predicted_optimum"] for r in self.by_lambda if "predicted_optimum" in r]
+        return (min(values), max(values)) if values else None
+
+    @property
+    def undetermined(self) -> str:
+        """Why the predicted optimum is no finding ('' when it is one): the fit is degenerate when
+        a parameter sits at its bound AND the predicted optimum moves across the lambda grid by
+        more than one candidate step; the curves then do not pin the law down where it matters."""
+        best, spread = self.best, self.optimum_range
+        if best is None or spread is None or not best.at_bound:
+            return ""
+        if spread[1] - spread[0] <= CANDIDATE_STEP + 1e-9:
+            return ""
+        return (f"{', '.join(best.at_bound)} at bound 0 and the predicted optimum moves from {spread[0]:g} to "
+                f"{spread[1]:g} across the λ grid")
+
     def to_json(self) -> dict:
         best = self.best
         return {
@@ -336,6 +356,7 @@ class CellLaw:
                           if best else None),
             "lambda_sensitivity": self.by_lambda,
             "empirical_optimal_warmdown": self.empirical_optimum,
+            "predicted_optimum_undetermined": self.undetermined or None,
             "note": self.note,
         }
 

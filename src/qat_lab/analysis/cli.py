@@ -39,6 +39,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report", help="output dir for report.md, CSVs, fits.json, PNGs (default: report)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="pull runs from W&B instead of local records")
     p.add_argument("--group", help="W&B group to pull (the sweep id); required with --wandb")
+    p.add_argument("--compare", metavar="KEY",
+                   help="the key compared within cells: a sweep axis (warmdown, optim, schedule, lr_mult, qat_start, "
+                        "...) or any config key that varies (quant.scale_rule, optim.matrix_lr, ...); "
+                        "default: warmdown")
     p.add_argument("--holdout-sizes", nargs="+", default=[], metavar="SIZE",
                    help="sizes left out of the penalty-law fit and predicted: model names or counts (5M, 1.2e7)")
     p.add_argument("--law-points", choices=("means", "seeds"), default="means",
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         runset = load.load_wandb(args.wandb, args.group) if args.wandb else load.load_local(args.sweeps)
-        options = pipeline.Options(holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
+        options = pipeline.Options(compare=args.compare, holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
                                    anneal_fit_warmdowns=args.anneal_fit_warmdowns,
                                    anneal_lambdas=tuple(args.anneal_lambdas), max_plots=args.max_plots,
                                    workers=args.workers)

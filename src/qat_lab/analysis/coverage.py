@@ -1,7 +1,7 @@
 """What is usable, what is not and what is missing: every run is accounted for, none silently dropped.
 
 A run enters the statistics only if it completed with a finite final loss and is not a duplicate
-(the same axes as a run already taken, e.g. when two copies of a sweep are merged). Everything
+(the same identity as a run already taken, e.g. when two copies of a sweep are merged). Everything
 else keeps its row in runs.csv with the reason it was left out, and is counted in the report.
 """
 
@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
+
+from qat_lab.records.identity import ANY
 
 MAX_GRID_POINTS = 100_000
 """Above this, the expected grid of a sweep is not enumerated (it would be a guess anyway)."""
@@ -32,20 +34,24 @@ def _exclusion(row: dict) -> str:
     return status
 
 
-def mark_usable(table: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
-    """Add `used` (bool) and `excluded` (the reason, '' when used) to the runs table."""
+def mark_usable(table: pd.DataFrame) -> pd.DataFrame:
+    """Add `used` (bool) and `excluded` (the reason, '' when used) to the runs table.
+
+    A duplicate is a run whose identity (the `identity` column: records.identity.digest) equals
+    that of a run already taken: a second copy of a sweep, or an FP16 run that differs from
+    another only in quantiser settings, which cannot change it.
+    """
     table = table.copy()
     table["excluded"] = [_exclusion(row) for row in table.to_dict("records")] if len(table) else []
-    first_of: dict[tuple, str] = {}
+    first_of: dict[str, str] = {}
     excluded = table["excluded"].tolist()
-    for i, (run_id, *values) in enumerate(table[["run_id", *axes]].itertuples(index=False, name=None)):
+    for i, (run_id, ident) in enumerate(table[["run_id", "identity"]].itertuples(index=False, name=None)):
         if excluded[i]:
             continue
-        key = tuple(map(repr, values))
-        if key in first_of:
-            excluded[i] = f"duplicate of {first_of[key]} (same axes)"
+        if ident in first_of:
+            excluded[i] = f"duplicate of {first_of[ident]} (same identity)"
         else:
-            first_of[key] = run_id
+            first_of[ident] = run_id
     table["excluded"] = excluded
     table["used"] = table["excluded"] == ""
     return table
@@ -74,8 +80,10 @@ def coverage(table: pd.DataFrame, axes: list[str], expected_jobs: dict[str, int]
         # A sweep still running has records only for jobs that started: the grid its records span
         # (every observed value of every axis that varies within it) shows which points are still
         # to come. Values no job has reached yet are invisible here; multirun.yaml's count covers those.
-        varying = [a for a in axes if sweep[a].nunique(dropna=False) > 1]
-        values = [list(dict.fromkeys(sweep[a].tolist())) for a in varying]
+        # ANY (a quantiser setting of an FP16 run) is no value of its own: it stands for all of them.
+        values_of = {a: [v for v in dict.fromkeys(sweep[a].tolist()) if v is not ANY] for a in axes}
+        varying = [a for a in axes if len(values_of[a]) > 1]
+        values = [values_of[a] for a in varying]
         size = math.prod(len(v) for v in values)
         if size > MAX_GRID_POINTS:
             notes.append(f"sweep {sweep_id}: {size} grid points, not enumerated for missing runs")
@@ -86,8 +94,9 @@ def coverage(table: pd.DataFrame, axes: list[str], expected_jobs: dict[str, int]
             notes.append(f"sweep {sweep_id}: its records do not form a full grid ({size} combinations, "
                          f"{expected_jobs[sweep_id]} jobs); missing points not enumerated")
             continue
-        present = {tuple(repr(v) for v in row) for row in sweep[varying].itertuples(index=False, name=None)}
-        constant = {a: sweep[a].iloc[0] for a in axes if a not in varying}
+        present = {tuple(map(repr, combo)) for row in sweep[varying].itertuples(index=False, name=None)
+                   for combo in itertools.product(*([v] if v is not ANY else values[k] for k, v in enumerate(row)))}
+        constant = {a: next(iter(values_of[a]), ANY) for a in axes if a not in varying}
         for combo in itertools.product(*values):
             if tuple(repr(v) for v in combo) not in present:
                 missing_rows.append({"sweep_id": sweep_id, **constant, **dict(zip(varying, combo))})

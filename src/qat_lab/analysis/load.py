@@ -10,6 +10,7 @@ read is reported by path in `RunSet.problems` and skipped.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import warnings
@@ -22,6 +23,8 @@ import pandas as pd
 
 from qat_lab import records as runs
 from qat_lab.errors import RunRecordError
+from qat_lab.records.content import sections_from_summary
+from qat_lab.records.identity import ANY, digest
 
 
 class AnalysisInputError(ValueError):
@@ -75,8 +78,8 @@ def read_metrics_csv(path: Path) -> pd.DataFrame:
     Every column is numeric and nothing is quoted, so the fast path fills the empty cells with
     'nan' and hands the whole text to numpy's parser in one call: with thousands of small files,
     per-call overheads (pandas' reader, a float() per cell) are what costs. Anything irregular
-    (a last line cut short by a run still writing, a non-numeric cell) goes to the line-by-line
-    parser, which pads short lines with NaN and raises on text.
+    (a last line cut short by a run still writing, a non-numeric cell) goes to pandas.read_csv,
+    which pads short lines with NaN and raises ValueError on text or on a line that is too long.
     """
     text = path.read_text().replace("\r\n", "\n")
     head, _, body = text.partition("\n")
@@ -95,19 +98,13 @@ def read_metrics_csv(path: Path) -> pd.DataFrame:
             values = None
     if values is None or values.size % len(columns) or values.size // len(columns) != body.count("\n") + (
             not body.endswith("\n") and bool(body)):
-        values = _parse_lines(body, len(columns))
+        # pandas would read a first row longer than the header as an index: refuse it first.
+        # pandas' own errors (ParserError, a bad float) are ValueErrors, which RunSet.history reports.
+        widest = max((line.count(",") + 1 for line in body.splitlines()), default=0)
+        if widest > len(columns):
+            raise ValueError(f"a row has {widest} fields, the header {len(columns)}")
+        return pd.read_csv(io.StringIO(text), dtype=float, skip_blank_lines=True)
     return pd.DataFrame(values.reshape(-1, len(columns)), columns=columns)
-
-
-def _parse_lines(body: str, n: int) -> np.ndarray:
-    nan = float("nan")
-    rows = []
-    for line in body.splitlines():
-        cells = line.split(",")
-        if len(cells) > n:
-            raise ValueError(f"a row has {len(cells)} fields, the header {n}")
-        rows.append([float(c) if c else nan for c in cells] + [nan] * (n - len(cells)))
-    return np.array(rows, dtype=float).reshape(-1, n)
 
 
 def _history_loader(path: Path) -> Callable[[], pd.DataFrame | None]:
@@ -115,7 +112,9 @@ def _history_loader(path: Path) -> Callable[[], pd.DataFrame | None]:
 
 
 def _expected_jobs(sweep_dir: Path) -> int | None:
-    """Jobs in a sweep according to its multirun.yaml (the product of the sweep overrides).
+    """Jobs in a sweep according to its multirun.yaml: the product of the sweep's overrides, those
+    an experiment sets (hydra.sweeper.params) and the command line's, which win per key as in
+    Hydra's basic sweeper.
 
     A sweep that is still running has records only for the jobs that started, so this is the only
     way to know how many are still to come.
@@ -127,9 +126,13 @@ def _expected_jobs(sweep_dir: Path) -> int | None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
         from omegaconf import OmegaConf
 
-        task = list(OmegaConf.load(path).hydra.overrides.task)
+        hydra = OmegaConf.load(path).hydra
+        node = OmegaConf.select(hydra, "sweeper.params")
+        params = OmegaConf.to_container(node) if node is not None else {}
+        lines = [f"{k}={v}" for k, v in params.items()] + list(hydra.overrides.task)
+        by_key = {o.get_key_element(): o for o in OverridesParser.create().parse_overrides(lines)}
         count = 1
-        for o in OverridesParser.create().parse_overrides(task):
+        for o in by_key.values():
             count *= len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1
         return count
     except Exception:  # an unusual multirun.yaml only costs the job count, never the analysis
@@ -231,18 +234,19 @@ def _count_non_embedding(model_json: str) -> int | None:
         return None
 
 
-def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
-    """A W&B run (wandb.Api().runs(...) item) as a run record plus its full history.
+FLOAT_AXES = ("warmdown", "lr_mult")
+"""Axes the record schema holds as floats; W&B's JSON turns 1.0 into 1, so they are made floats again."""
 
-    qatlab puts the flat sweep axes and `sweep_id` at the top of the W&B config and the whole
-    resolved config under `cfg`; the final evaluation is the history row at step T. Fields the
-    W&B run does not carry (latent and PTQ losses) stay missing, never made up.
-    """
-    config = {k: _plain(v) for k, v in dict(run.config).items()}
-    cfg = config.get("cfg") or {}
-    axes = {k: v for k, v in config.items() if k not in ("cfg", "sweep_id", "params") and not k.startswith("_")}
-    history = history_from_rows(run.scan_history())  # not history(): that one is sampled
-    steps = axes.get("steps")
+
+def _summary(run: Any) -> dict[str, Any]:
+    """The W&B run summary as a plain dict (the public API's summary is a mapping, not a dict)."""
+    summary = run.summary
+    return dict(summary.items()) if hasattr(summary, "items") else dict(summary)
+
+
+def _results_from_history(history: pd.DataFrame, steps: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Final results read off the history (for runs whose summary lacks them: older qatlab): the
+    final evaluation is the row at step T, the pre-warmdown distance the row at the first warmdown step."""
     final = history[history["step"] == steps] if steps is not None else history.iloc[0:0]
 
     def final_value(col: str) -> float:
@@ -265,26 +269,62 @@ def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
         pre = history.loc[(history["step"] == t0) & history["grid_distance"].notna(), "grid_distance"]
         if t0 < steps and len(pre):
             results["grid_distance_pre_warmdown"] = float(pre.iloc[0])
+    return results
 
-    if "bits" in axes:
-        # The grid the distances were measured on (the record has it as results.grid_bits).
-        from qat_lab.quant.config import QuantConfig
-        from qat_lab.validation import build_dataclass
 
-        quant = {**(cfg.get("quant") or {}), "bits": int(axes["bits"])}
-        results["grid_bits"] = build_dataclass(quant, "quant", QuantConfig).grid_bits
-    summary = run.summary
+def _grid_bits(cfg: dict[str, Any], bits: Any) -> int:
+    """The grid a run's distances were measured on (the record's results.grid_bits)."""
+    from qat_lab.quant.config import QuantConfig
+    from qat_lab.validation import build_dataclass
+
+    quant = {k: v for k, v in (cfg.get("quant") or {}).items() if k != "_target_"}
+    return build_dataclass({**quant, "bits": int(bits)}, "quant", QuantConfig).grid_bits
+
+
+def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A W&B run (wandb.Api().runs(...) item) as a run record plus its full history.
+
+    qatlab puts the flat sweep axes and `sweep_id` at the top of the W&B config, the whole
+    resolved config under `cfg`, and the record's final state in the run summary
+    (records.content.summary_fields: results with latent and PTQ losses, params, data
+    fingerprints, divergence, timing, status), which sections_from_summary turns back into the
+    record's sections. Runs whose summary lacks them have their results read off the history;
+    what neither holds stays missing, never made up.
+    """
+    config = {k: _plain(v) for k, v in dict(run.config).items()}
+    cfg = config.get("cfg") or {}
+    axes = {k: v for k, v in config.items() if k not in ("cfg", "sweep_id", "params") and not k.startswith("_")}
+    for k in FLOAT_AXES:
+        if isinstance(axes.get(k), int) and not isinstance(axes[k], bool):
+            axes[k] = float(axes[k])
+    history = history_from_rows(run.scan_history())  # not history(): that one is sampled
+    summary = _summary(run)
+    sections = sections_from_summary(summary)
+    results = {**_results_from_history(history, axes.get("steps"), cfg), **(sections.get("results") or {})}
+    if "grid_bits" not in results and "bits" in axes:
+        results["grid_bits"] = _grid_bits(cfg, axes["bits"])
     status = summary.get("status") or WANDB_STATES.get(str(run.state).lower(), "failed")
-    if status == "completed" and not math.isfinite(results["val_loss"]):
+    loss = results.get("val_loss")
+    if status == "completed" and not (isinstance(loss, (int, float)) and math.isfinite(loss)):
         status = "diverged"
-    size = summary.get("params/non_embedding") or (config.get("params") or {}).get("non_embedding")
-    if size is None and cfg.get("model"):
-        size = _non_embedding_from_config(cfg["model"])
+    params = sections.get("params") or {}
+    if params.get("non_embedding") is None:
+        size = (config.get("params") or {}).get("non_embedding")
+        if size is None and cfg.get("model"):
+            size = _non_embedding_from_config(cfg["model"])
+        params = {**params, "non_embedding": size}
+    timing = sections.get("timing") or {}
+    if timing.get("wall_s") is None and summary.get("_runtime") is not None:
+        # The job's wall time is set after its W&B run has finished; W&B's own runtime stands in.
+        timing = {**timing, "wall_s": summary["_runtime"]}
+    divergence = sections.get("divergence")
     record = {
         "schema_version": runs.SCHEMA_VERSION, "status": status,
         "sweep_id": config.get("sweep_id") or getattr(run, "group", None), "job_name": getattr(run, "name", run.id),
-        "axes": axes, "results": results, "params": {"non_embedding": size}, "config": cfg,
-        "wandb": {"id": run.id, "state": run.state}, "timing": {"wall_s": summary.get("_runtime")},
+        "axes": axes, "results": results, "params": params, "data": sections.get("data") or {}, "config": cfg,
+        "wandb": {"id": run.id, "state": run.state}, "timing": timing, "error": summary.get("error"),
+        "divergence": divergence, "diverged_at_step": (divergence or {}).get("step"),
+        "resumed_from_step": summary.get("resumed_from_step"),
     }
     return record, history
 
@@ -321,14 +361,21 @@ def axis_names(runset: RunSet) -> list[str]:
     return list(names)
 
 
-def runs_table(runset: RunSet) -> pd.DataFrame:
-    """One row per run: identity, status, every axis, size and the final results."""
+def runs_table(runset: RunSet, identities: list[dict[str, Any]], extra: list[str]) -> pd.DataFrame:
+    """One row per run: its identity digest, status, every axis and extra key, size, final results.
+
+    Axis values are the record's, except where the run's identity has the wildcard ANY (qat_start
+    of an FP16 run): the table holds ANY there, shown as '*'. Extra keys (design.Design.extra)
+    take the identity's values: full content fingerprints, canonical numbers.
+    """
     rows = []
-    for run in runset.runs:
+    for run, ident in zip(runset.runs, identities):
         r = run.record
         res = r.get("results") or {}
+        axes = {k: (ANY if ident.get(k) is ANY else v) for k, v in r["axes"].items()}
         row = {"run_id": run.run_id, "sweep_id": r.get("sweep_id"), "job_name": r.get("job_name"), "status": r["status"],
-               **r["axes"], "size": (r.get("params") or {}).get("non_embedding")}
+               "identity": digest(ident), **axes, **{k: ident.get(k) for k in extra},
+               "size": (r.get("params") or {}).get("non_embedding")}
         for col in RESULT_COLUMNS:
             row[col] = res.get(col)
         for bits, ptq in sorted((res.get("ptq") or {}).items()):
@@ -338,7 +385,7 @@ def runs_table(runset: RunSet) -> pd.DataFrame:
         row["diverged_at_step"] = r.get("diverged_at_step")
         rows.append(row)
     table = pd.DataFrame(rows)
-    for col in (*RESULT_COLUMNS, "size", "wall_s"):
+    for col in (*RESULT_COLUMNS, "size", "wall_s", *(c for c in table if c.startswith("ptq"))):
         if col in table:
             table[col] = pd.to_numeric(table[col], errors="coerce")
     return table

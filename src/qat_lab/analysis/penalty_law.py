@@ -2,8 +2,8 @@
 and the power-law reading ln P = a + b ln N (METHOD section 7).
 
 N is the non-embedding parameter count (record["params"]["non_embedding"]), in parameters.
-A family is every axis except the model and the seed (so one law per bits x warmdown x lr_mult
-x ...); its points are either per-size seed means (default) or the seed-level points.
+A family is every key of the design except the model and the seed (so one law per bits x warmdown
+x lr_mult x any extra key such as optim.matrix_lr ...); its points are either per-size seed means (default) or the seed-level points.
 
 Why per-size means by default: seeds at one size share that size's deviation from the line, so
 treating them as independent points overstates the dof and narrows the intervals; the means
@@ -11,7 +11,8 @@ are the honest unit when the question is "where will a new size land". With 4 si
 interval uses t(0.975, 2) = 4.30, and the report says how wide that makes it.
 
 The prediction interval at x0 is yhat0 +- t(1 - alpha/2, n - 2) * s * sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx),
-s^2 = RSS / (n - 2): statsmodels' obs_ci_lower/upper, computed here in closed form (tested equal).
+s^2 = RSS / (n - 2): statsmodels' OLS gives it (get_prediction(...).conf_int(obs=True)); the tests
+check it against this closed form.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +28,7 @@ from scipy import stats
 
 from qat_lab.analysis.cells import fmt_value, label
 from qat_lab.quant import FP_BITS
+from qat_lab.records.identity import under
 
 MIN_SIZES = 3
 """A line through two points has no residual dof: no interval, no law worth the name."""
@@ -35,6 +38,7 @@ SIZE_TOLERANCE = 0.10
 
 @dataclass
 class LineFit:
+    """An OLS line y = a + b x (statsmodels) and the (1 - alpha) prediction intervals it gives."""
     x: np.ndarray
     y: np.ndarray
     a: float
@@ -45,6 +49,8 @@ class LineFit:
     r2: float
     t_crit: float
     alpha: float
+    result: Any
+    """statsmodels' RegressionResults (predictions come from it)."""
 
     @property
     def n(self) -> int:
@@ -52,29 +58,24 @@ class LineFit:
 
     def predict(self, x0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(yhat, lower, upper) of the (1 - alpha) prediction interval for a new observation at x0."""
-        x0 = np.asarray(x0, dtype=float)
-        xbar, sxx = self.x.mean(), ((self.x - self.x.mean()) ** 2).sum()
-        yhat = self.a + self.b * x0
-        half = self.t_crit * self.s * np.sqrt(1 + 1 / self.n + (x0 - xbar) ** 2 / sxx)
-        return yhat, yhat - half, yhat + half
+        x0 = np.atleast_1d(np.asarray(x0, dtype=float))
+        pred = self.result.get_prediction(np.column_stack([np.ones_like(x0), x0]))
+        lo, hi = pred.conf_int(obs=True, alpha=self.alpha).T
+        return np.asarray(pred.predicted_mean), lo, hi
 
 
 def ols_line(x, y, alpha: float = 0.05) -> LineFit:
-    """Least-squares line y = a + b x with standard errors and the t quantile for intervals."""
+    """Least-squares line y = a + b x by statsmodels' OLS, with its prediction intervals."""
+    from statsmodels.regression.linear_model import OLS
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n = len(x)
-    if n < MIN_SIZES or np.ptp(x) == 0:
+    if len(x) < MIN_SIZES or np.ptp(x) == 0:
         raise ValueError(f"a line with intervals needs {MIN_SIZES}+ distinct x values (got {len(set(x))})")
-    xbar, ybar = x.mean(), y.mean()
-    sxx = ((x - xbar) ** 2).sum()
-    b = ((x - xbar) * (y - ybar)).sum() / sxx
-    a = ybar - b * xbar
-    rss = ((y - a - b * x) ** 2).sum()
-    tss = ((y - ybar) ** 2).sum()
-    s = math.sqrt(rss / (n - 2))
-    return LineFit(x=x, y=y, a=a, b=b, se_a=s * math.sqrt(1 / n + xbar ** 2 / sxx), se_b=s / math.sqrt(sxx), s=s,
-                   r2=1 - rss / tss if tss > 0 else float("nan"), t_crit=float(stats.t.ppf(1 - alpha / 2, n - 2)),
-                   alpha=alpha)
+    res = OLS(y, np.column_stack([np.ones_like(x), x])).fit()
+    (a, b), (se_a, se_b) = res.params, res.bse
+    return LineFit(x=x, y=y, a=float(a), b=float(b), se_a=float(se_a), se_b=float(se_b), s=math.sqrt(res.scale),
+                   r2=float(res.rsquared) if res.centered_tss > 0 else math.nan,
+                   t_crit=float(stats.t.ppf(1 - alpha / 2, len(x) - 2)), alpha=alpha, result=res)
 
 
 def parse_size(token: str) -> float | None:
@@ -142,7 +143,8 @@ def _fit_json(fit: LineFit, kind: str, fit_pts: pd.DataFrame, test_pts: pd.DataF
 
 
 def family_axes(axes: list[str]) -> list[str]:
-    return [a for a in axes if a not in ("model", "seed")]
+    """A family is every key but the model (and the model.* keys, which set its size) and the seed."""
+    return [a for a in axes if a != "seed" and not under(a, ("model",))]
 
 
 def penalty_laws(table: pd.DataFrame, axes: list[str], shown: list[str], mode: str = "means",
@@ -151,7 +153,9 @@ def penalty_laws(table: pd.DataFrame, axes: list[str], shown: list[str], mode: s
     holdout = holdout or set()
     fam_axes = family_axes(axes)
     fam_shown = [a for a in fam_axes if a in shown]  # `shown`: the axes that vary in the study
-    pts = table[table["used"] & (table["bits"] != FP_BITS) & table["penalty"].notna() & table["size"].notna()]
+    keep = table["used"] & (table["bits"] != FP_BITS) & table["penalty"].notna() & table["size"].notna()
+    # Only the columns the fits read: slicing the whole runs table per family is what would cost.
+    pts = table.loc[keep, list(dict.fromkeys([*fam_axes, "size", "penalty", "seed"]))]
     laws = []
     for key, g in pts.groupby(fam_axes, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)

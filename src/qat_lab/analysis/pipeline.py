@@ -1,8 +1,11 @@
 """The analysis from loaded runs to every number of the report (no files written here).
 
-    load (local | W&B) -> runs table -> usable / excluded / missing -> penalties (paired)
-      -> cells x warmdown -> optimum per cell -> paired comparisons + Holm -> interaction
+    load (local | W&B) -> identities, design (named axes + extra keys) -> runs table
+      -> usable / excluded / missing -> penalties (paired on identity) -> the compared key (--compare)
+      -> cells x level -> optimum per cell -> paired comparisons + Holm -> interaction
+      (again along warmdown when another key is compared: the annealing law and the claims use it)
       -> penalty law (+ hold-out, power law) -> grid-distance ratios -> annealing law per cell
+      -> the paper's claims, scored
 """
 
 from __future__ import annotations
@@ -13,13 +16,22 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from qat_lab.analysis import annealing_law, cells as cells_mod, comparisons, coverage as coverage_mod
-from qat_lab.analysis import grid_ratio, parallel, penalty_law
+from qat_lab.analysis import design as design_mod, grid_ratio, parallel, penalty_law, scorecard
 from qat_lab.analysis.cells import CELL_ID
+from qat_lab.analysis.design import Design
 from qat_lab.analysis.load import AnalysisInputError, RunSet, axis_names, runs_table
+from qat_lab.records import identity
+
+
+DEFAULT_KEY = "warmdown"
+"""The study's compared axis: also what the annealing law and the paper's claims are about."""
 
 
 @dataclass
 class Options:
+    compare: str | None = None
+    """The key compared within cells (--compare): a named axis or any config key that varies.
+    None: warmdown, the study's axis, which then need not vary (cells have one level each)."""
     holdout: list[str] = field(default_factory=list)
     """Sizes (model names or parameter counts, e.g. 5M) left out of the penalty-law fit and predicted."""
     law_points: str = "means"
@@ -37,37 +49,85 @@ class Options:
 
 
 @dataclass
-class Analysis:
-    runset: RunSet
-    options: Options
-    axes: list[str]
-    varying: list[str]
-    """Axes that take more than one value among the used runs."""
+class Along:
+    """The within-cell analysis along one key: cells, optima, paired comparisons, interaction."""
+    key: str
+    cell_axes: list[str]
+    """The keys a cell holds fixed (every key but `key`, the keys under it, and the seed)."""
     shown: list[str]
-    """Cell axes that vary (the ones a cell label shows)."""
-    table: pd.DataFrame
-    coverage: coverage_mod.Coverage
+    """Cell keys that vary (the ones a cell label shows)."""
+    cell_of_run: pd.Series
+    """Each run's cell label (the runs table's order)."""
+    level_of_run: pd.Series
+    """Each run's level along `key` (its value; compound where keys under it vary too)."""
     cells: pd.DataFrame
     optima: pd.DataFrame
     comparisons: pd.DataFrame
     interaction: list[dict]
-    laws: list[dict]
-    holdout_sizes: set[float]
-    holdout_notes: list[str]
-    ratios: pd.DataFrame
-    unmatched_grid_bits: list[int]
-    cell_laws: list[annealing_law.CellLaw]
-    anneal_notes: list[str]
-    seconds: dict[str, float]
 
     @property
     def group_axes(self) -> list[str]:
-        """Cell axes except bits: cells in one group differ only in bit-width."""
-        return [a for a in cells_mod.cell_axes(self.axes) if a != "bits"]
+        """Cell keys except bits: cells in one group differ only in bit-width."""
+        return [a for a in self.cell_axes if a != "bits"]
 
     @property
     def group_shown(self) -> list[str]:
         return [a for a in self.shown if a != "bits"]
+
+    def table(self, runs: pd.DataFrame) -> pd.DataFrame:
+        """The runs table with this analysis's cells and levels."""
+        return runs.assign(**{CELL_ID: self.cell_of_run, self.key: self.level_of_run})
+
+
+@dataclass
+class Analysis:
+    runset: RunSet
+    options: Options
+    design: Design
+    axes: list[str]
+    """Every key of the design: the named axes, then the extra identity keys."""
+    varying: list[str]
+    """Keys that take more than one value among the used runs."""
+    table: pd.DataFrame
+    coverage: coverage_mod.Coverage
+    along: Along
+    """Along the compared key (--compare)."""
+    by_warmdown: Along | None
+    """Along warmdown (the annealing law and the claims need it); `along` itself when that is the
+    compared key; None when the records have no warmdown axis."""
+    laws: list[dict]
+    holdout_sizes: set[float]
+    holdout_notes: list[str]
+    ratios: pd.DataFrame
+    missing_ratios: dict[str, list[int]]
+    cell_laws: list[annealing_law.CellLaw]
+    anneal_notes: list[str]
+    claims: list[dict]
+    seconds: dict[str, float]
+
+    @property
+    def key(self) -> str:
+        return self.along.key
+
+    @property
+    def cells(self) -> pd.DataFrame:
+        return self.along.cells
+
+    @property
+    def optima(self) -> pd.DataFrame:
+        return self.along.optima
+
+    @property
+    def comparisons(self) -> pd.DataFrame:
+        return self.along.comparisons
+
+    @property
+    def interaction(self) -> list[dict]:
+        return self.along.interaction
+
+    @property
+    def shown(self) -> list[str]:
+        return self.along.shown
 
 
 def workers_for(runset: RunSet, options: Options) -> int:
@@ -101,11 +161,14 @@ def _fit_cell(cell: str, g: pd.DataFrame, records: dict, runset: RunSet, best: f
         options.anneal_fit_warmdowns, options.anneal_lambdas), notes
 
 
-def annealing_laws(table: pd.DataFrame, optima: pd.DataFrame, runset: RunSet, options: Options
+def annealing_laws(table: pd.DataFrame, wd: Along, runset: RunSet, options: Options
                    ) -> tuple[list[annealing_law.CellLaw], list[str]]:
+    """One annealing-law fit per warmdown cell (every key but warmdown and seed), whatever --compare is."""
     records = {run.run_id: run.record for run in runset.runs}
+    optima = wd.optima
     best = optima.set_index(CELL_ID)["best_warmdown"].to_dict() if len(optima) else {}
-    groups = dict(list(table[table["used"]].groupby(CELL_ID, sort=False)))
+    runs = wd.table(table)
+    groups = dict(list(runs[runs["used"]].groupby(CELL_ID, sort=False)))
     # Every cell with a used run has an optimum; optima are in the cells' readable order (models
     # by size), which the annealing tables and figures then follow too. One task per cell.
     tasks = [(with_problems, (runset, _fit_cell, cell, groups[cell], records, runset, best.get(cell), options))
@@ -117,6 +180,20 @@ def annealing_laws(table: pd.DataFrame, optima: pd.DataFrame, runset: RunSet, op
         if law is not None:
             out.append(law)
     return out, notes
+
+
+def along(table: pd.DataFrame, keys: list[str], key: str) -> Along:
+    """Cells, optima, paired comparisons (Holm over all of them) and the interaction along `key`."""
+    cax = design_mod.cell_axes(keys, key)
+    cell_of_run, shown = cells_mod.cell_labels(table, cax)
+    level_of_run = design_mod.compared_levels(table, key, keys)
+    runs = design_mod.spread_wildcards(table.assign(**{key: level_of_run}), cax, cell_of_run)
+    cells = cells_mod.cell_table(runs, cax, key)
+    optima = cells_mod.optima(cells, cax, key)
+    comps = comparisons.within_cells(runs, cells, key)
+    inter = comparisons.interaction(runs, cells, comps, key, cax, shown)
+    return Along(key=key, cell_axes=cax, shown=shown, cell_of_run=cell_of_run, level_of_run=level_of_run, cells=cells,
+                 optima=optima, comparisons=comps, interaction=inter)
 
 
 def analyse(runset: RunSet, options: Options | None = None) -> Analysis:
@@ -134,40 +211,46 @@ def analyse(runset: RunSet, options: Options | None = None) -> Analysis:
         seconds[name] = now - t
         t = now
 
-    axes = axis_names(runset)
-    table = runs_table(runset)
-    for a in axes:  # a record from an older sweep may lack an axis
+    records = [run.record for run in runset.runs]
+    identities = [identity.run_identity(r) for r in records]
+    design = design_mod.make_design(axis_names(runset), identities, [r["axes"] for r in records])
+    table = runs_table(runset, identities, design.extra)
+    for a in design.keys:  # a record from an older sweep may lack an axis
         if a not in table:
             table[a] = None
-    table = coverage_mod.mark_usable(table, axes)
-    cov = coverage_mod.coverage(table, axes, runset.expected_jobs)
-    table = cells_mod.add_pairing(table, [run.record for run in runset.runs])
-    table, shown = cells_mod.add_cell_ids(table, axes)
-    varying = cells_mod.varying_axes(table, axes)
+    table = coverage_mod.mark_usable(table)
+    cov = coverage_mod.coverage(table, design.keys, runset.expected_jobs)
+    table = cells_mod.add_pairing(table, identities)
+    key = (design_mod.resolve_compare(options.compare, table, design, identities) if options.compare
+           else DEFAULT_KEY)
+    table = design_mod.add_key_column(table, key, identities)
+    keys = design.keys if key in design.keys else [*design.keys, key]
+    varying = design_mod.varying(table, keys)
     lap("table")
 
-    cells = cells_mod.cell_table(table, axes)
-    optima = cells_mod.optima(cells, axes)
-    comps = comparisons.warmdown_comparisons(table, cells)
-    if len(comps):  # in the cells' order (models by size), not alphabetical
-        rank = {c: i for i, c in enumerate(dict.fromkeys(cells[CELL_ID]))}
-        comps = comps.sort_values([CELL_ID, "warmdown"], key=lambda col: col.map(rank) if col.name == CELL_ID else col,
-                                  ignore_index=True)
-    inter = comparisons.interaction(table, cells, comps, axes, shown)
+    main = along(table, keys, key)
+    table = main.table(table)
+    if key == DEFAULT_KEY:
+        by_wd = main
+    else:
+        by_wd = along(table, keys, DEFAULT_KEY) if DEFAULT_KEY in table else None
     lap("cells and tests")
 
     holdout, holdout_notes = penalty_law.resolve_holdout(options.holdout, table)
-    laws = penalty_law.penalty_laws(table, axes, varying, options.law_points, holdout)
+    laws = penalty_law.penalty_laws(table, keys, varying, options.law_points, holdout)
     lap("penalty law")
 
-    table = grid_ratio.add_ratios(table)
-    ratios = grid_ratio.ratio_table(table)
-    unmatched = grid_ratio.unmatched_grids(table)
+    table = grid_ratio.add_ratios(table, identities, records)
+    ratios = grid_ratio.ratio_table(table, key)
+    missing = grid_ratio.missing_ratios(table)
     lap("grid ratio")
 
-    cell_laws, anneal_notes = annealing_laws(table, optima, runset, options) if options.anneal else ([], [])
+    cell_laws, anneal_notes = (annealing_laws(table, by_wd, runset, options) if options.anneal and by_wd is not None
+                               else ([], []))
     lap("annealing law")
-    return Analysis(runset=runset, options=options, axes=axes, varying=varying, shown=shown, table=table,
-                    coverage=cov, cells=cells, optima=optima, comparisons=comps, interaction=inter, laws=laws,
-                    holdout_sizes=holdout, holdout_notes=holdout_notes, ratios=ratios, unmatched_grid_bits=unmatched,
-                    cell_laws=cell_laws, anneal_notes=anneal_notes, seconds=seconds)
+    claims = scorecard.score(table, by_wd, laws, holdout)
+    lap("claims")
+    return Analysis(runset=runset, options=options, design=design, axes=keys, varying=varying, table=table,
+                    coverage=cov, along=main, by_warmdown=by_wd, laws=laws, holdout_sizes=holdout,
+                    holdout_notes=holdout_notes, ratios=ratios, missing_ratios=missing, cell_laws=cell_laws,
+                    anneal_notes=anneal_notes, claims=claims, seconds=seconds)

@@ -21,8 +21,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from qat_lab.analysis import annealing_law, penalty_law  # noqa: E402
-from qat_lab.analysis.cells import fmt_value, label, readable_order  # noqa: E402
+from qat_lab.analysis.cells import CELL_ID, fmt_value, label, ordered_levels, readable_order  # noqa: E402
+from qat_lab.analysis.design import bit_groups  # noqa: E402
 from qat_lab.quant import FP_BITS  # noqa: E402
+from qat_lab.records.identity import ANY  # noqa: E402
 
 BITS_COLOURS = {16: "black", 8: "tab:blue", 7: "tab:cyan", 6: "tab:green", 5: "tab:olive", 4: "tab:red",
                 3: "tab:purple", 2: "tab:brown"}
@@ -98,29 +100,50 @@ def _group_label(values: dict, shown: list[str]) -> str:
     return "" if text == "all" else text
 
 
-def loss_vs_warmdown(cells: pd.DataFrame, group_axes: list[str], group_shown: list[str], out: Path,
-                     max_figures: int) -> Drawn:
-    """Seed-mean final val loss against warmdown, one line per bit-width, error bars = seed sd."""
-    # sort=False keeps the cells' order (models by size).
-    groups = list(cells.groupby(group_axes, dropna=False, sort=False)) if group_axes else [((), cells)]
+def _numeric(levels: list) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
+
+
+def loss_vs_level(cells: pd.DataFrame, key: str, groups: list[tuple[dict, list[str]]], group_shown: list[str],
+                  out: Path, max_figures: int) -> Drawn:
+    """Seed-mean final val loss against the compared key, one line per bit-width, error bars =
+    seed sd; one panel per group of cells differing only in bits (design.bit_groups). A numeric
+    key is a numeric axis; any other is categorical. A bit-width whose cell has the key as ANY
+    (FP16 when the key is a quantiser setting) is a dashed level line: the key cannot change it."""
     paths, chunks = [], _chunks(groups, MAX_PANELS, max_figures)
     for fi, chunk in enumerate(chunks):
         fig, axs = _panels(len(chunk))
-        for ax, (key, g) in zip(axs, chunk):
-            key = key if isinstance(key, tuple) else (key,)
+        for ax, (values, members) in zip(axs, chunk):
+            g = cells[cells[CELL_ID].isin(members)]
+            shown = [v for v in ordered_levels(g[key]) if v is not ANY]
+            numeric = _numeric(shown)
+            where = {v: (float(v) if numeric else i) for i, v in enumerate(shown)}
             for bits, gb in g.groupby("bits", sort=True):
-                gb = gb.sort_values("warmdown")
-                ax.errorbar(gb["warmdown"], gb["val_loss_mean"], yerr=gb["val_loss_sd"].fillna(0), marker="o",
+                wild = gb[gb[key].map(lambda v: v is ANY)]
+                if len(wild):
+                    ax.axhline(wild["val_loss_mean"].iloc[0], color=bits_colour(bits), ls="--", lw=1,
+                               label=f"{bits_name(bits)} ({key} does not apply)")
+                gb = gb[gb[key].map(lambda v: v is not ANY)]
+                if gb.empty:
+                    continue
+                gb = gb.assign(_x=gb[key].map(where)).sort_values("_x")
+                ax.errorbar(gb["_x"], gb["val_loss_mean"], yerr=gb["val_loss_sd"].fillna(0), marker="o",
                             ms=4, capsize=3, color=bits_colour(bits), label=bits_name(bits))
                 best = gb[gb["optimal"]]
-                ax.plot(best["warmdown"], best["val_loss_mean"], marker="*", ms=15, color=bits_colour(bits),
+                ax.plot(best["_x"], best["val_loss_mean"], marker="*", ms=15, color=bits_colour(bits),
                         mec="black", mew=0.6, ls="none")
-            ax.set_xlabel("warmdown fraction")
+            if not numeric:
+                ax.set_xticks(list(where.values()), [fmt_value(v) for v in where], rotation=20, fontsize=8)
+            ax.set_xlabel("warmdown fraction" if key == "warmdown" else key)
             ax.set_ylabel("final val loss (nats/token)")
-            ax.set_title(_group_label(dict(zip(group_axes, key)), group_shown) or "final loss vs warmdown")
+            ax.set_title(_group_label(values, group_shown) or f"final loss vs {key}")
             ax.legend(title="star = optimum", ncol=2, loc="best")
-        paths.append(_save(fig, out / f"loss_vs_warmdown{'' if fi == 0 else f'_{fi + 1}'}.png"))
+        paths.append(_save(fig, out / f"loss_vs_{_file_key(key)}{'' if fi == 0 else f'_{fi + 1}'}.png"))
     return _drawn(paths, chunks, len(groups))
+
+
+def _file_key(key: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in key)
 
 
 def penalty_vs_size(laws: list[dict], table: pd.DataFrame, shown: list[str], out: Path, max_figures: int) -> Drawn:
@@ -193,16 +216,18 @@ def lr_curves(traces: list[tuple[str, annealing_law.Trace]], lam: float, out: Pa
 
 def grid_distance_over_training(table: pd.DataFrame, history, group_axes: list[str], group_shown: list[str],
                                 out: Path, max_figures: int) -> Drawn:
-    """Weight-to-grid distance against step, seed mean per bit-width, one panel per group x warmdown."""
+    """Weight-to-grid distance against step, seed mean per bit-width, one panel per group x
+    warmdown (groups of runs differing only in bits, seed and warmdown; an FP16 run joins every
+    group it matches through its ANY keys)."""
     used = readable_order(table[table["used"]], group_axes)
-    groups = list(used.groupby(group_axes, dropna=False, sort=False)) if group_axes else [((), used)]
-    panels = [(key if isinstance(key, tuple) else (key,), wd, gw)
-              for key, g in groups for wd, gw in g.groupby("warmdown", sort=True)]
+    groups = bit_groups(used, group_axes, cell_col="run_id")
+    panels = [(values, wd, gw) for values, members in groups
+              for wd, gw in used[used["run_id"].isin(members)].groupby("warmdown", sort=True)]
     paths, chunks = [], _chunks(panels, MAX_PANELS, max_figures)
     for fi, chunk in enumerate(chunks):
         fig, axs = _panels(len(chunk))
         drew = False
-        for ax, (key, wd, g) in zip(axs, chunk):
+        for ax, (values, wd, g) in zip(axs, chunk):
             for bits, gb in g.groupby("bits", sort=True):
                 series = []
                 for run_id in gb["run_id"]:
@@ -222,7 +247,7 @@ def grid_distance_over_training(table: pd.DataFrame, history, group_axes: list[s
             steps = int(g["steps"].iloc[0])
             ax.axvline(steps - round(wd * steps), color="gray", ls="--", lw=0.8)
             ax.axhline(0.25, color="gray", ls=":", lw=0.8)
-            ax.set_title(f"{_group_label(dict(zip(group_axes, key)), group_shown)} warmdown={fmt_value(wd)}".strip())
+            ax.set_title(f"{_group_label(values, group_shown)} warmdown={fmt_value(wd)}".strip())
             ax.set_xlabel("step (dashed: warmdown starts; init not shown)")
             ax.set_ylabel("mean |u - round(u)| (0.25 = uniform)")
             if ax.get_legend_handles_labels()[0]:
@@ -279,7 +304,8 @@ def _annealing_row(cl: annealing_law.CellLaw, ax, ax2) -> None:
         ax2.plot(cl.candidates, final, color="black" if is_best else "gray", lw=2 if is_best else 0.8,
                  alpha=1 if is_best else 0.6, label=f"λ={lam:g}" + (" (chosen)" if is_best else ""))
     row = cl.chosen
-    ax2.axvline(row["predicted_optimum"], color="tab:blue", ls="--", label=f"predicted optimum {row['predicted_optimum']:g}")
+    ax2.axvline(row["predicted_optimum"], color="tab:blue", ls="--",
+                label=f"predicted optimum {row['predicted_optimum']:g}" + (" (undetermined)" if cl.undetermined else ""))
     if cl.empirical_optimum is not None:
         ax2.axvline(cl.empirical_optimum, color="tab:red", ls=":", lw=2,
                     label=f"empirical optimum {fmt_value(cl.empirical_optimum)}")

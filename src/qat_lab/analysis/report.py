@@ -2,6 +2,13 @@
 
 report.md is meant to be read on its own: what was run, what is missing, what was found, with the
 numbers and the pictures inline. The CSVs and fits.json hold everything the Markdown summarises.
+
+Small data is said as such (docs/analysis.md, "Small data"): every finding carries its n (seeds,
+sizes, cells), and where n cannot support a finding it is worded "not testable" with the reason:
+one seed (no paired test, no interaction test), fewer than 3 sizes (no penalty law), <= 5 seeds
+(the sign test cannot reach p < 0.05, so its p is no negative), one seed per cell (an annealing
+optimum "matching" the empirical one is no evidence), a degenerate annealing fit (its predicted
+optimum is undetermined).
 """
 
 from __future__ import annotations
@@ -18,86 +25,39 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qat_lab.analysis import parallel, plots
-from qat_lab.analysis.cells import CELL_ID, fmt_value
+from qat_lab.analysis import parallel, plots, scorecard
+from qat_lab.analysis.cells import CELL_ID, fmt_value, ordered_levels, size_text
+from qat_lab.analysis.design import bit_groups
+from qat_lab.analysis.markdown import figures, image, md_table, mean_sd, num, plain, pval, sig
 from qat_lab.analysis.pipeline import Analysis, merge_problems, with_problems, workers_for
+from qat_lab.analysis.stats import min_sign_p, sign_test_can_reject
 from qat_lab.quant import FP_BITS
 
 MAX_LISTED = 50
 """Rows of excluded/missing runs listed in report.md (all of them are in runs.csv / missing.csv)."""
 
 
-# ------------------------------------------------------------------------------ formatting
-
-def num(v: Any, digits: int = 4) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, (float, np.floating)):
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.{digits}f}"
-    return str(v)
+def level_head(key: str, value: Any) -> str:
+    """A column heading for one level of the compared key: 'wd 0.33', 'quant.scale_rule=absmax'."""
+    return f"wd {fmt_value(value)}" if key == "warmdown" else f"{key}={fmt_value(value)}"
 
 
-def sig(v: Any, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float) and math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.{digits}g}"
+def span(values) -> str:
+    """'4' or '2 to 5' (the range of some counts)."""
+    values = [int(v) for v in values]
+    if not values:
+        return "0"
+    lo, hi = min(values), max(values)
+    return f"{lo}" if lo == hi else f"{lo} to {hi}"
 
 
-def pval(p: Any) -> str:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "-"
-    return "<1e-4" if p < 1e-4 else f"{p:.3g}"
-
-
-def mean_sd(mean: float, sd: float, n: int, digits: int = 4) -> str:
-    if n == 0 or mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "-"
-    return f"{mean:.{digits}f} ± {sd:.{digits}f} (n={n})" if n > 1 else f"{mean:.{digits}f} (n=1)"
-
-
-def md_table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def size_text(n: float) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
-        return "?"
-    return f"{n / 1e6:.3g}M" if n >= 1e6 else f"{n / 1e3:.3g}K" if n >= 1e3 else f"{int(n)}"
-
-
-def plain(obj: Any) -> Any:
-    """JSON-ready: numpy scalars to Python, NaN/inf to null, tuple keys to strings."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return plain(obj.tolist())
-    return obj
-
-
-def image(path: Path | None, caption: str) -> list[str]:
-    return [f"![{caption}]({path.name})", "", f"*{caption}*", ""] if path else []
-
-
-def figures(drawn: plots.Drawn | None, caption: str, what: str) -> list[str]:
-    """Every figure of one kind, captioned, plus the note on what it leaves out (`what`: 'panels')."""
-    if not drawn:
-        return []
-    out = [line for p in drawn.paths for line in image(p, caption)]
-    return out + ([drawn.note(what), ""] if drawn.note(what) else [])
+def n_text(cells: pd.DataFrame) -> str:
+    """'n = 25 cells, 5 sizes, 4 seeds per cell' for a cells table."""
+    if cells.empty:
+        return "n = 0 cells"
+    sizes, seeds = int(cells["size"].nunique()), span(cells["n"])
+    return (f"n = {cells[CELL_ID].nunique()} cells, {sizes} size{'' if sizes == 1 else 's'}, "
+            f"{seeds} seed{'' if seeds == '1' else 's'} per cell")
 
 
 # ------------------------------------------------------------------------------ sections
@@ -109,30 +69,31 @@ def section_what_was_run(a: Analysis) -> list[str]:
     out.append("Sources: " + ", ".join(f"`{s}`" for s in a.runset.inputs) + ".")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(cov.counts.items()))
     out.append(f"Run records: **{len(t)}** ({counts}); **{cov.n_used}** used in the statistics "
-               f"(completed with a finite final loss, no duplicates).")
+               f"(completed with a finite final loss, no duplicates: runs of equal identity).")
     out.append("")
     rows = []
+    extra = set(a.axes) - set(a.design.named)
     for ax in a.axes:
-        values = sorted({fmt_value(v) for v in used[ax].tolist()}, key=_sort_key) if len(used) else []
-        rows.append([ax, ", ".join(values) if values else "-", "varies" if ax in a.varying else "constant"])
-    out += [md_table(["axis", "values (used runs)", ""], rows), ""]
+        values = [fmt_value(v) for v in ordered_levels(used[ax])] if len(used) else []
+        kind = "varies" if ax in a.varying else "constant"
+        rows.append([ax + (" (config key)" if ax in extra else ""), ", ".join(values) if values else "-", kind])
+    out += [md_table(["key", "values (used runs; * = does not apply: a quantiser setting of an FP16 run)", ""], rows),
+            ""]
+    if extra:
+        out.append(f"Config keys that vary beyond the named axes: {', '.join(sorted(extra))}. Each is a column of "
+                   "runs.csv and cells.csv and part of every cell; content fingerprints are shortened to their first "
+                   "10 characters here, full in the CSVs.")
+    others = [k for k in a.along.shown if k != "bits"]
+    out.append(f"Compared within cells: **{a.key}** (`--compare`); a cell is every other key and the seed"
+               + (f" (cells differ in bits, {', '.join(others)})." if others else " (cells differ in bits only)."))
     sizes = used[["model", "size"]].drop_duplicates().sort_values("size") if "model" in used else pd.DataFrame()
     if len(sizes):
         listed = [f"{m} = {int(s):,}" if pd.notna(s) else f"{m} = ?" for m, s in sizes.itertuples(index=False)]
         out.append("Model sizes (non-embedding parameters): " + ", ".join(listed) + ".")
     if len(a.cells):
-        n = a.cells["n"]
-        span = f"{int(n.min())}" + (f" to {int(n.max())}" if n.max() != n.min() else "")
-        out.append(f"Seeds per cell x warmdown: {span}.")
+        out.append(f"Seeds per cell x {a.key}: {span(a.cells['n'])}.")
     out.append("")
     return out
-
-
-def _sort_key(text: str):
-    try:
-        return (0, float(text), text)
-    except ValueError:
-        return (1, 0.0, text)
 
 
 def section_missing(a: Analysis) -> list[str]:
@@ -165,7 +126,7 @@ def section_missing(a: Analysis) -> list[str]:
     if len(cov.missing):
         out += ["", f"{len(cov.missing)} grid point(s) with no record at all (the product of the values each sweep's "
                 "records show; full list in missing.csv):", ""]
-        shown = [x for x in ["sweep_id", *a.axes] if x in cov.missing and cov.missing[x].nunique(dropna=False) > 1
+        shown = [x for x in ["sweep_id", *a.design.keys] if x in cov.missing and cov.missing[x].nunique(dropna=False) > 1
                  or x in a.varying]
         rows = [[fmt_value(r[x]) for x in shown] for _, r in cov.missing.head(MAX_LISTED).iterrows()]
         out.append(md_table(shown, rows))
@@ -178,31 +139,107 @@ def section_missing(a: Analysis) -> list[str]:
     return out
 
 
+def unpaired(a: Analysis) -> list[tuple[str, int]]:
+    """(reason, count) of used quantised runs without an FP16 partner, most frequent first."""
+    notes = a.table.loc[a.table["used"] & (a.table["penalty_note"] != ""), "penalty_note"]
+    return list(notes.value_counts().items())
+
+
 def section_glance(a: Analysis) -> list[str]:
     out = ["## Findings at a glance", ""]
     if not a.coverage.n_used:
         out.append("- **No usable run**: every record is listed above with the reason it was left out.")
-    if len(a.optima):
-        counts = a.optima["best_warmdown"].value_counts().sort_index()
-        out.append(f"- **Optimal warmdown** (argmin of the seed-mean final loss) over {len(a.optima)} cell(s): " +
-                   ", ".join(f"{fmt_value(w)} in {n}" for w, n in counts.items()) + ".")
-    if len(a.comparisons):
-        c = a.comparisons
-        sig_n = int(c["significant"].sum())
-        tested = int(c["p_t"].notna().sum())
-        out.append(f"- **Paired comparisons** against each cell's best warmdown: {sig_n} of {tested} testable "
-                   f"comparisons significantly worse (Holm-adjusted t-test p < 0.05)" +
-                   (f"; {len(c) - tested} untestable (one seed)" if len(c) > tested else "") + ".")
-    elif len(a.cells):
-        out.append("- **Paired comparisons**: none possible (every cell has a single warmdown).")
-    out += _glance_interaction(a.interaction)
+    key = a.key
+    compared = a.optima[a.optima["n_levels"] > 1] if len(a.optima) else a.optima
+    if len(compared):
+        counts = compared[f"best_{key}"].map(fmt_value).value_counts()
+        cells = a.cells[a.cells[CELL_ID].isin(compared[CELL_ID])]
+        text = (f"- **Optimal {key}** (argmin of the seed-mean final loss; {n_text(cells)}): "
+                + ", ".join(f"{w} in {n}" for w, n in counts.items()) + ".")
+        if len(compared) < len(a.optima):
+            text += f" {len(a.optima) - len(compared)} cell(s) have a single level of {key}: nothing to compare there."
+        if int(cells["n"].max()) == 1:
+            text += " One seed per cell: each optimum is a single run, read as a description, not a tested finding."
+        out.append(text)
+    out += _glance_comparisons(a)
+    out += _glance_interaction(a.interaction, key)
     q = a.cells[(a.cells["bits"] != FP_BITS) & a.cells["optimal"]] if len(a.cells) else a.cells
     if len(q) and q["penalty_n"].sum():
-        by_bits = q.groupby("bits")["penalty_mean"].agg(["mean", "min", "max"])
-        parts = [f"{plots.bits_name(b)} {r['mean']:+.4f}"
-                 + (f" (range {r['min']:+.4f} to {r['max']:+.4f})" if r["min"] != r["max"] else "")
-                 for b, r in by_bits.sort_index(ascending=False).iterrows()]
-        out.append("- **Penalty at each cell's optimal warmdown** (nats/token, vs FP16): " + "; ".join(parts) + ".")
+        by_bits = q.groupby("bits")
+        parts = [f"{plots.bits_name(b)} {g['penalty_mean'].mean():+.4f}"
+                 + (f" (range {g['penalty_mean'].min():+.4f} to {g['penalty_mean'].max():+.4f})"
+                    if g["penalty_mean"].min() != g["penalty_mean"].max() else "")
+                 + f" [{n_text(g)}]"
+                 for b, g in sorted(by_bits, key=lambda x: -x[0])]
+        out.append(f"- **Penalty at each cell's optimal {key}** (nats/token, vs FP16): " + "; ".join(parts) + ".")
+    for reason, count in unpaired(a):
+        out.append(f"- **No penalty** for {count} used quantised run(s): {reason} (section 2).")
+    out += _glance_laws(a)
+    if len(a.ratios):
+        r = a.ratios.groupby("bits")
+        out.append("- **Grid-distance ratio** d(QAT)/d(FP16), same cell and seed: " + "; ".join(
+            f"{plots.bits_name(b)} pre-warmdown {g['pre_warmdown_mean'].mean():.3f}, final {g['final_mean'].mean():.3f} "
+            f"(n = {int(g['final_n'].sum())} runs in {len(g)} cells)" for b, g in r) + " (1 = as far from the grid as "
+            "FP16 weights).")
+    out += _glance_annealing(a)
+    if a.claims:
+        out.append("- **The paper's claims** (section 8): " + "; ".join(f"{c['id']} {c['verdict']}" for c in a.claims)
+                   + ".")
+    out.append("")
+    return out
+
+
+def _glance_comparisons(a: Analysis) -> list[str]:
+    c = a.comparisons
+    if c.empty:
+        return [f"- **Paired comparisons**: none possible (every cell has a single {a.key})."] if len(a.cells) else []
+    sig_n = int(c["significant"].sum())
+    tested = c[c["p_t"].notna()]
+    if tested.empty:
+        return [f"- **Paired comparisons** along {a.key}: not testable ({len(c)} comparisons, one common seed each: "
+                "no paired test)."]
+    text = (f"- **Paired comparisons** against each cell's best {a.key}: {sig_n} of {len(tested)} testable comparisons "
+            f"significantly worse (Holm-adjusted t-test p < 0.05; {span(tested['n'])} seeds per comparison)")
+    if len(c) > len(tested):
+        text += f"; {len(c) - len(tested)} not testable (one common seed)"
+    if not sign_test_can_reject(int(tested["n"].max())):
+        text += (f"; with {int(tested['n'].max())} or fewer seeds the sign test cannot reach p < 0.05 "
+                 f"({int(tested['n'].max())}/{int(tested['n'].max())} wins give "
+                 f"{min_sign_p(int(tested['n'].max())):.3g}), so its p is no evidence either way")
+    return [text + "."]
+
+
+def _glance_interaction(groups: list[dict], key: str, listed: int = 4) -> list[str]:
+    """One bullet per group of cells differing only in bits (a summary line when there are many)."""
+    if not groups:
+        return []
+    if len(groups) > listed:
+        moves = sum(g["moves"] for g in groups)
+        tested = [g for g in groups if g["f_test"]["df_num"]]
+        sig_n = sum(g["f_test"]["p"] < 0.05 for g in tested)
+        text = (f"- **Optimum by bits**: moves with bits in {moves} of {len(groups)} groups of cells; interaction "
+                f"F-test p < 0.05 (uncorrected) in {sig_n} of {len(tested)} testable groups")
+        if len(tested) < len(groups):
+            text += f"; {len(groups) - len(tested)} not testable (one seed: no interaction test)"
+        return [text + " (section 4)."]
+    out = []
+    for g in groups:
+        opt = ", ".join(f"{plots.bits_name(b)} {fmt_value(w)}" for b, w in g["optimum_by_bits"].items())
+        f = g["f_test"]
+        seeds = span(g["seeds_by_bits"].values())
+        if f["df_num"]:
+            ftxt = f"interaction F = {sig(f['F'])}, p = {pval(f['p'])}"
+        else:
+            ftxt = f"interaction not testable ({f['note']})"
+        moves = "moves with bits" if g["moves"] else "the same for every bit-width"
+        if seeds == "1":
+            moves += " (one seed: not a tested finding)"
+        out.append(f"- **Optimum of {key} by bits** ({g['group']}; {seeds} seeds): {opt}; {moves}; {ftxt}.")
+    return out
+
+
+def _glance_laws(a: Analysis) -> list[str]:
+    out = []
     fitted = [law for law in a.laws if law["laws"]]
     if fitted:
         by_bits: dict[int, list[float]] = {}
@@ -212,88 +249,79 @@ def section_glance(a: Analysis) -> list[str]:
                   + (f" ({min(v):+.3g} to {max(v):+.3g} over {len(v)} families)" if len(v) > 1 else "")
                   for b, v in sorted(by_bits.items(), reverse=True)]
         families = f"{len(fitted)} famil{'y' if len(fitted) == 1 else 'ies'}"
-        out.append(f"- **Penalty law** P = a + b ln N fitted in {families}: {'; '.join(slopes)} (nats/token per e-fold "
-                   "of N; negative = the penalty shrinks with size).")
-        cov = [law["laws"][0].get("holdout_coverage") for law in fitted if law["laws"][0].get("holdout_coverage")]
+        sizes = span(len(law["sizes"]) for law in fitted)
+        out.append(f"- **Penalty law** P = a + b ln N fitted in {families} ({sizes} sizes each): {'; '.join(slopes)} "
+                   "(nats/token per e-fold of N; negative = the penalty shrinks with size).")
+        cov = [law["laws"][0] for law in fitted if law["laws"][0].get("holdout_coverage")]
         if cov:
-            out.append(f"- **Held-out sizes** inside their 95% prediction interval: "
-                       f"{sum(c['inside'] for c in cov)}/{sum(c['n'] for c in cov)}.")
+            inside = sum(c["holdout_coverage"]["inside"] for c in cov)
+            total = sum(c["holdout_coverage"]["n"] for c in cov)
+            out.append(f"- **Held-out sizes** inside their 95% prediction interval: {inside}/{total} (t with "
+                       f"{span(c['dof'] for c in cov)} dof; mean half-width ±"
+                       f"{np.mean([c['pi_half_width_mean'] for c in cov]):.3g} nats: that is how wide 'inside' is).")
     elif a.laws:
-        out.append(f"- **Penalty law**: not fitted ({a.laws[0]['note']}).")
-    if len(a.ratios):
-        r = a.ratios.groupby("bits")[["pre_warmdown_mean", "final_mean"]].mean()
-        out.append("- **Grid-distance ratio** d(QAT)/d(FP16), same cell and seed: " + "; ".join(
-            f"{plots.bits_name(b)} pre-warmdown {x['pre_warmdown_mean']:.3f}, final {x['final_mean']:.3f}"
-            for b, x in r.iterrows()) + " (1 = as far from the grid as FP16 weights).")
+        out.append(f"- **Penalty law**: not testable ({a.laws[0]['note']}).")
+    return out
+
+
+def _glance_annealing(a: Analysis) -> list[str]:
     fits = [cl for cl in a.cell_laws if cl.best]
-    if fits:
-        held = [cl.chosen["heldout"] for cl in fits if not math.isnan(cl.chosen["heldout"]["r2"])]
-        agree = [cl for cl in fits if cl.empirical_optimum is not None]
-        text = f"- **Annealing law** fitted in {len(fits)} cell(s)"
-        if held:
-            text += (f"; held-out curves: median R² {np.median([h['r2'] for h in held]):.3f}, "
-                     f"median MAE {np.median([h['mae'] for h in held]):.4f} nats")
-        if agree:
-            same = sum(cl.chosen["predicted_optimum_among_tested"] == cl.empirical_optimum for cl in agree)
-            text += f"; its optimum among the tested warmdowns matches the empirical one in {same}/{len(agree)} cells"
-        out.append(text + ".")
-    out.append("")
-    return out
+    if not fits:
+        return []
+    held = [cl.chosen["heldout"] for cl in fits if not math.isnan(cl.chosen["heldout"]["r2"])]
+    text = f"- **Annealing law** fitted in {len(fits)} warmdown cell(s)"
+    if held:
+        text += (f"; held-out curves: median R² {np.median([h['r2'] for h in held]):.3f}, "
+                 f"median MAE {np.median([h['mae'] for h in held]):.4f} nats")
+    undetermined = [cl for cl in fits if cl.undetermined]
+    if undetermined:
+        text += f"; predicted optimum undetermined in {len(undetermined)} (degenerate fit: section 7)"
+    seeds = {cl.cell: min(c.n_seeds for c in cl.curves) for cl in fits}
+    judged = [cl for cl in fits if cl.empirical_optimum is not None and not cl.undetermined]
+    evidence = [cl for cl in judged if seeds[cl.cell] >= 2]
+    if evidence:
+        same = sum(cl.chosen["predicted_optimum_among_tested"] == cl.empirical_optimum for cl in evidence)
+        text += (f"; its optimum among the tested warmdowns matches the empirical one in {same}/{len(evidence)} cells "
+                 "with 2+ seeds")
+    elif judged:
+        text += ("; agreement with the empirical optimum not testable (one seed per cell: the empirical optimum is a "
+                 "single noisy run)")
+    return [text + "."]
 
 
-def _glance_interaction(groups: list[dict], listed: int = 4) -> list[str]:
-    """One bullet per group of cells differing only in bits (a summary line when there are many)."""
-    out = []
-    if len(groups) > listed:
-        moves = sum(g["moves"] for g in groups)
-        tested = [g for g in groups if g["f_test"]["df_num"]]
-        sig_n = sum(g["f_test"]["p"] < 0.05 for g in tested)
-        out.append(f"- **Optimum by bits**: moves with bits in {moves} of {len(groups)} groups of cells; interaction "
-                   f"F-test p < 0.05 (uncorrected) in {sig_n} of {len(tested)} testable groups (section 4).")
-        return out
-    for g in groups:
-        opt = ", ".join(f"{plots.bits_name(b)} {fmt_value(w)}"
-                        for b, w in sorted(g["optimal_warmdown_by_bits"].items(), reverse=True))
-        f = g["f_test"]
-        ftxt = f"interaction F = {sig(f['F'])}, p = {pval(f['p'])}" if f["df_num"] else "no interaction test (one seed)"
-        moves = "moves with bits" if g["moves"] else "the same for every bit-width"
-        out.append(f"- **Optimum by bits** ({g['group']}): {opt}; {moves}; {ftxt}.")
-    return out
-
-
-def _wide(cells: pd.DataFrame, value: str, sd: str, n: str, digits: int = 4,
+def _wide(cells: pd.DataFrame, key: str, value: str, sd: str, n: str, digits: int = 4,
           mark_best: bool = True) -> tuple[list[str], list[list[str]]]:
-    """One row per cell, one column per warmdown: 'mean ± sd (n)', the optimum in bold."""
-    wds = sorted(cells["warmdown"].unique())
+    """One row per cell, one column per level of `key`: 'mean ± sd (n)', the optimum in bold."""
+    levels = ordered_levels(cells[key])
     by_cell: dict[str, dict] = {}
     for r in cells.to_dict("records"):
-        by_cell.setdefault(r[CELL_ID], {})[r["warmdown"]] = r
+        by_cell.setdefault(r[CELL_ID], {})[repr(r[key])] = r
     rows = []
-    for cell, per_wd in by_cell.items():
-        row = [cell, size_text(next(iter(per_wd.values()))["size"])]
-        for w in wds:
-            h = per_wd.get(w)
+    for cell, per_level in by_cell.items():
+        row = [cell, size_text(next(iter(per_level.values()))["size"])]
+        for w in levels:
+            h = per_level.get(repr(w))
             if h is None:
                 row.append("-")
                 continue
             text = mean_sd(h[value], h[sd], int(h[n]), digits)
             row.append(f"**{text}**" if mark_best and h["optimal"] else text)
         rows.append(row)
-    return ["cell", "size", *(f"wd {fmt_value(w)}" for w in wds)], rows
+    return ["cell", "size", *(level_head(key, w) for w in levels)], rows
 
 
 def section_cells(a: Analysis, figs: dict) -> list[str]:
-    out = ["## 1. Final loss by cell and warmdown", ""]
+    out = [f"## 1. Final loss by cell and {a.key}", ""]
     if a.cells.empty:
         return out + ["No usable runs.", ""]
     out.append("Seed mean ± sd (n seeds) of the final val loss (nats/token, after the quantise -> dequantise round "
                "trip at the run's bits). **Bold**: the cell's optimum (argmin of the seed mean). "
-               "A cell is every axis except warmdown and seed. All numbers: cells.csv.")
+               f"A cell is every key except {a.key} and the seed. All numbers: cells.csv.")
     out.append("")
-    head, rows = _wide(a.cells, "val_loss_mean", "val_loss_sd", "n")
+    head, rows = _wide(a.cells, a.key, "val_loss_mean", "val_loss_sd", "n")
     out += [md_table(head, rows), ""]
-    out += figures(figs.get("loss_vs_warmdown"),
-                   "Final val loss vs warmdown, one line per bit-width; error bars: seed sd; star: the optimum",
+    out += figures(figs.get("loss_vs_level"),
+                   f"Final val loss vs {a.key}, one line per bit-width; error bars: seed sd; star: the optimum",
                    "groups of cells")
     return out
 
@@ -301,61 +329,77 @@ def section_cells(a: Analysis, figs: dict) -> list[str]:
 def section_penalties(a: Analysis) -> list[str]:
     out = ["## 2. Quantisation penalties", ""]
     q = a.cells[a.cells["bits"] != FP_BITS] if len(a.cells) else a.cells
+    reasons = unpaired(a)
     if q.empty or not q["penalty_n"].sum():
-        return out + ["No quantised run has a bits=16 partner (same everything else), so there is no penalty.", ""]
-    out.append("P_b = L(bits=b) - L(bits=16) per seed, paired on every other axis (seed included), then seed mean ± sd. "
+        out.append("No quantised run has a bits=16 partner (equal on every other key), so there is no penalty.")
+        out += [f"- {count} run(s): {reason}." for reason, count in reasons]
+        return out + [""]
+    out.append("P_b = L(bits=b) - L(bits=16) per seed, against the bits=16 run equal on every other key of the run's "
+               "identity (seed included; quantiser settings do not apply at bits=16), then seed mean ± sd. "
                "Positive = the quantised model is worse.")
     out.append("")
-    head, rows = _wide(q, "penalty_mean", "penalty_sd", "penalty_n", mark_best=False)
+    head, rows = _wide(q, a.key, "penalty_mean", "penalty_sd", "penalty_n", mark_best=False)
     out += [md_table(head, rows), ""]
+    if reasons:
+        out.append("No penalty (no FP16 partner), left blank rather than paired with another setting:")
+        out += [f"- {count} used quantised run(s): {reason}." for reason, count in reasons]
+        out.append("")
     return out
 
 
 def section_comparisons(a: Analysis) -> list[str]:
-    out = ["## 3. Is the best warmdown distinguishable from the others?", ""]
+    key = a.key
+    out = [f"## 3. Is the best {key} distinguishable from the others?", ""]
     c = a.comparisons
     if c.empty:
-        return out + ["Nothing to compare: no cell has two warmdowns.", ""]
-    out.append("Within each cell, every warmdown against the cell's best, seed by seed: d = L(warmdown) - L(best) "
+        return out + [f"Nothing to compare: no cell has two levels of {key}.", ""]
+    out.append(f"Within each cell, every {key} against the cell's best, seed by seed: d = L(level) - L(best) "
                "(positive: the best won). t has n-1 dof; z is the same statistic against the normal; wins = seeds the "
                "best won; the sign test is exact (ties dropped). Holm's correction runs over all "
                f"{len(c)} comparisons (all cells together); 'sig.' = Holm-adjusted t p < 0.05. The best is picked on the "
                "same data, so treat a significant result as 'clearly worse than the best seen'.")
     if (c["n"] < 2).any():
         out.append("")
-        out.append(f"**{int((c['n'] < 2).sum())} comparison(s) have a single common seed: no t, z or spread, only the sign.**")
-    if (c["n"].between(2, 5)).any():
+        out.append(f"**{int((c['n'] < 2).sum())} comparison(s) have a single common seed: not testable (no t, z or "
+                   "spread, only the sign).**")
+    few = c[c["n"].between(1, 5)]
+    if len(few):
         out.append("")
-        out.append("With 5 or fewer seeds the sign test cannot reach p < 0.05 (5/5 gives 0.0625).")
+        out.append(f"With 5 or fewer seeds the sign test cannot reach p < 0.05 (5/5 gives 0.0625): for the {len(few)} "
+                   "comparison(s) with so few seeds its p is reported, not read as a negative.")
     out.append("")
-    rows = [[r[CELL_ID], fmt_value(r["warmdown"]), fmt_value(r["best_warmdown"]), f"{r['mean']:+.4f}", sig(r["t"]),
+    best_col = f"best_{key}"
+    rows = [[r[CELL_ID], fmt_value(r[key]), fmt_value(r[best_col]), f"{r['mean']:+.4f}", sig(r["t"]),
              pval(r["p_t"]), pval(r["p_t_holm"]), pval(r["p_z"]), f"{r['wins']}/{r['n']}", pval(r["p_sign"]),
              pval(r["p_sign_holm"]), "yes" if r["significant"] else ""] for _, r in c.iterrows()]
-    out += [md_table(["cell", "wd", "best", "mean d", "t (= z)", "p_t", "p_t Holm", "p_z", "wins", "p_sign",
+    out += [md_table(["cell", key, "best", "mean d", "t (= z)", "p_t", "p_t Holm", "p_z", "wins", "p_sign",
                       "p_sign Holm", "sig."], rows), "", "All columns: comparisons.csv.", ""]
     return out
 
 
 def section_interaction(a: Analysis) -> list[str]:
-    out = ["## 4. Does the optimal warmdown move with bits?", ""]
+    key = a.key
+    out = [f"## 4. Does the optimal {key} move with bits?", ""]
     if not a.interaction:
-        return out + ["Not answerable here: it needs at least two bit-widths and two warmdowns in a group of cells "
-                      "that differ only in bits.", ""]
-    out.append("Groups of cells that differ only in bit-width. The F-test compares loss ~ bits + warmdown + seed with "
-               "the model that adds every bits x warmdown term (OLS, seeds as blocks). The last column reads the "
-               "paired comparisons of section 3: is FP16's optimal warmdown significantly worse at the other bit-width?")
+        return out + [f"Not testable here: it needs at least two bit-widths with two or more levels of {key} each, in "
+                      "a group of cells that differ only in bits.", ""]
+    out.append(f"Groups of cells that differ only in bit-width (an FP16 cell, whose quantiser settings are *, belongs "
+               f"to every group it matches). The F-test compares loss ~ bits + {key} + seed with the model that adds "
+               f"every bits x {key} term (OLS, seeds as blocks; it needs two or more seeds). The last column reads the "
+               f"paired comparisons of section 3: is FP16's optimum significantly worse at the other bit-width?")
     out.append("")
     rows = []
     for g in a.interaction:
-        opt = ", ".join(f"{plots.bits_name(b)}: {fmt_value(w)}"
-                        for b, w in sorted(g["optimal_warmdown_by_bits"].items(), reverse=True))
+        opt = ", ".join(f"{plots.bits_name(b)}: {fmt_value(w)}" for b, w in g["optimum_by_bits"].items())
         f = g["f_test"]
-        ftxt = f"F({f['df_num']}, {f['df_den']}) = {sig(f['F'])}, p = {pval(f['p'])}" if f["df_num"] else f["note"]
-        cost = "; ".join(f"{plots.bits_name(e['bits'])}: +{e['mean_diff']:.4f} at wd {fmt_value(e['fp16_optimum'])}, "
-                         f"{e['wins']}/{e['n']} seeds, Holm p_t {pval(e['p_t_holm'])}" for e in g["fp16_optimum_elsewhere"]) or "-"
-        rows.append([g["group"], opt, "yes" if g["moves"] else "no", ftxt, cost])
-    out += [md_table(["group", "optimal warmdown", "moves?", "interaction test", "FP16's optimum at other bits"], rows),
-            ""]
+        ftxt = (f"F({f['df_num']}, {f['df_den']}) = {sig(f['F'])}, p = {pval(f['p'])}" if f["df_num"]
+                else f"not testable: {f['note']}")
+        cost = "; ".join(f"{plots.bits_name(e['bits'])}: {e['mean_diff']:+.4f} at {fmt_value(e['fp16_optimum'])}, "
+                         f"{e['wins']}/{e['n']} seeds, Holm p_t {pval(e['p_t_holm'])}"
+                         for e in g["fp16_optimum_elsewhere"]) or "-"
+        rows.append([g["group"], opt, span(g["seeds_by_bits"].values()), "yes" if g["moves"] else "no", ftxt, cost])
+    out += [md_table(["group", f"optimal {key}", "seeds", "moves?", "interaction test", "FP16's optimum at other bits"],
+                     rows), ""]
     return out
 
 
@@ -364,10 +408,11 @@ def section_penalty_law(a: Analysis, figs: dict) -> list[str]:
     if not a.laws:
         return out + ["No penalties to fit (no quantised run with an FP16 partner).", ""]
     mode = a.options.law_points
-    out.append(f"OLS of the penalty on ln N (N = non-embedding parameters), one law per family (every axis but model "
-               f"and seed). Points: {'per-size seed means' if mode == 'means' else 'every seed-level point'} "
-               "(--law-points). 95% prediction interval for a new point: yhat ± t(0.975, n-2) s sqrt(1 + 1/n + "
-               "(x0 - xbar)²/Sxx), equal to statsmodels' obs_ci. Power law: ln P = a + b ln N (only where every P > 0).")
+    out.append(f"OLS of the penalty on ln N (N = non-embedding parameters; statsmodels), one law per family (every "
+               f"key but the model and the seed). Points: "
+               f"{'per-size seed means' if mode == 'means' else 'every seed-level point'} (--law-points). 95% prediction "
+               "interval for a new point: yhat ± t(0.975, n-2) s sqrt(1 + 1/n + (x0 - xbar)²/Sxx). Power law: "
+               "ln P = a + b ln N (only where every P > 0). Fewer than 3 sizes: not testable (no residual dof).")
     if a.holdout_sizes:
         out.append(f"Held out of the fit and predicted: {', '.join(size_text(s) for s in sorted(a.holdout_sizes))}.")
     for note in a.holdout_notes:
@@ -376,20 +421,21 @@ def section_penalty_law(a: Analysis, figs: dict) -> list[str]:
     rows = []
     for fam in a.laws:
         if not fam["laws"]:
-            rows.append([fam["family"], "-", "-", "-", "-", "-", "-", "-", fam["note"]])
+            rows.append([fam["family"], "-", "-", "-", "-", "-", "-", "-", f"not testable: {fam['note']}"])
             continue
         for law in fam["laws"]:
             cov = law.get("holdout_coverage")
             rows.append([fam["family"], law["kind"], f"{law['params']['a']:.4g} ± {law['se']['a']:.2g}",
-                         f"{law['params']['b']:+.4g} ± {law['se']['b']:.2g}", num(law["r2"], 3), f"{law['n']} ({law['dof']} dof)",
-                         f"{law['t_crit']:.2f}", f"±{law['pi_half_width_mean']:.3g}",
-                         f"{cov['inside']}/{cov['n']} inside" if cov else (fam["note"] if law["kind"] == "log-linear" else "")])
+                         f"{law['params']['b']:+.4g} ± {law['se']['b']:.2g}", num(law["r2"], 3),
+                         f"{law['n']} ({law['dof']} dof)", f"{law['t_crit']:.2f}", f"±{law['pi_half_width_mean']:.3g}",
+                         f"{cov['inside']}/{cov['n']} inside" if cov else (fam["note"] if law["kind"] == "log-linear"
+                                                                             else "")])
     head = ["family", "law", "a ± se", "b ± se", "R²", "points", "t crit", "mean PI half-width", "held out / note"]
     out += [md_table(head, rows), ""]
     t_small = [law for fam in a.laws for law in fam["laws"] if law["dof"] <= 3]
     if t_small:
-        out.append(f"With so few points the t quantile is large (e.g. {t_small[0]['t_crit']:.2f} at {t_small[0]['dof']} dof): "
-                   "the intervals are wide, and a held-out point inside one is weak evidence.")
+        out.append(f"With so few points the t quantile is large (e.g. {t_small[0]['t_crit']:.2f} at {t_small[0]['dof']} "
+                   "dof): the intervals are wide, and a held-out point inside one is weak evidence.")
         out.append("")
     out += figures(figs.get("penalty_law"),
                    "Penalty vs size with the log-linear law and its 95% prediction band (one colour per bit-width)",
@@ -400,20 +446,20 @@ def section_penalty_law(a: Analysis, figs: dict) -> list[str]:
 def section_grid(a: Analysis, figs: dict) -> list[str]:
     out = ["## 6. Weight-to-grid distance", ""]
     out.append("d = mean |W/s - round(W/s)| over the quantised matrices (0.25: weights spread uniformly between grid "
-               "points; 0: on the grid). Ratio = d(QAT run) / d(its FP16 partner), same cell and seed, at the "
-               "pre-warmdown snapshot and at the end. FP16 runs are measured on the probe grid, so only bit-widths "
-               "measured on that same grid get a ratio.")
-    if a.unmatched_grid_bits:
-        out.append(f"No ratio for {', '.join(plots.bits_name(b) for b in a.unmatched_grid_bits)}: their FP16 partner "
-                   "was measured on another grid.")
+               "points; 0: on the grid). Ratio = d(QAT run) / d(FP16 run), same cell and seed, at the pre-warmdown "
+               "snapshot and at the end. Both must have been measured with the same ruler: FP16 runs are measured on "
+               "the probe grid, so only bit-widths measured on that grid get a ratio, and the FP16 run must have "
+               "the QAT run's quantiser settings (read from its own config).")
+    for reason, bits in a.missing_ratios.items():
+        out.append(f"No ratio for {', '.join(plots.bits_name(b) for b in bits)} run(s): {reason}.")
     out.append("")
     if len(a.ratios):
-        rows = [[r[CELL_ID], fmt_value(r["warmdown"]), f"INT{int(r['grid_bits'])}",
+        rows = [[r[CELL_ID], fmt_value(r[a.key]), f"INT{int(r['grid_bits'])}",
                  mean_sd(r["pre_warmdown_mean"], r["pre_warmdown_sd"], int(r["pre_warmdown_n"]), 3),
                  mean_sd(r["final_mean"], r["final_sd"], int(r["final_n"]), 3)] for _, r in a.ratios.iterrows()]
-        out += [md_table(["cell", "wd", "grid", "ratio pre-warmdown", "ratio final"], rows), ""]
+        out += [md_table(["cell", a.key, "grid", "ratio pre-warmdown", "ratio final"], rows), ""]
     else:
-        out += ["No ratio: no quantised run has an FP16 partner measured on the same grid.", ""]
+        out += ["No ratio: no quantised run has an FP16 partner measured with the same ruler.", ""]
     out += figures(figs.get("grid_distance"), "Grid distance over training (seed mean), one line per bit-width, each on "
                    "its own grid; dashed: warmdown starts; dotted: 0.25", "panels")
     return out
@@ -429,6 +475,9 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
                "The law is fitted on some warmdowns' curves and predicts the others from their LR traces alone. "
                "λ (the annealing momentum) is chosen on a grid by the fit objective; the sensitivity table shows "
                "what each λ would say.")
+    if a.key != "warmdown":
+        out.append("The law is about warmdowns whatever --compare is: its cells are every key but warmdown and the "
+                   "seed.")
     out.append("")
     fits = [cl for cl in a.cell_laws if cl.best]
     if not fits:
@@ -442,22 +491,33 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
         status += f" ({b.n_converged}/{b.n_starts} starts)"
         if b.at_bound:
             status += f"; {', '.join(b.at_bound)} at bound 0"
+        predicted = fmt_value(row.get("predicted_optimum", "-"))
+        tested = fmt_value(row["predicted_optimum_among_tested"])
+        if cl.undetermined:
+            predicted, tested = f"*undetermined* ({predicted})", f"*undetermined* ({tested})"
         rows.append([cl.cell, ", ".join(fmt_value(w) for w in cl.fit_warmdowns),
                      ", ".join(fmt_value(w) for w in cl.heldout_warmdowns) or "-",
                      f"{p['L0']:.3f}, {p['A']:.3g}, {p['alpha']:.3f}, {p['C']:.3g}", f"{b.lam:g}",
                      f"{num(row['fit']['r2'], 3)} / {num(row['fit']['mae'], 4)}",
                      f"{num(row['heldout']['r2'], 3)} / {num(row['heldout']['mae'], 4)}",
-                     fmt_value(row.get("predicted_optimum", "-")), fmt_value(row["predicted_optimum_among_tested"]),
-                     fmt_value(cl.empirical_optimum) if cl.empirical_optimum is not None else "-",
-                     status])
+                     predicted, tested, fmt_value(cl.empirical_optimum) if cl.empirical_optimum is not None else "-",
+                     str(min(c.n_seeds for c in cl.curves)), status])
     out += [md_table(["cell", "fit on wd", "predicted wd", "L0, A, α, C", "λ", "fit R² / MAE", "held-out R² / MAE",
-                      "predicted optimum", "predicted (tested wd)", "empirical optimum", "optimizer"], rows), ""]
+                      "predicted optimum", "predicted (tested wd)", "empirical optimum", "seeds", "optimizer"], rows), ""]
+    undetermined = [cl for cl in fits if cl.undetermined]
+    if undetermined:
+        out.append(f"**Predicted optimum undetermined** in {len(undetermined)} of {len(fits)} cell(s): the fit is "
+                   "degenerate (a parameter at its bound and the predicted optimum moving across the λ grid by more "
+                   "than one candidate step, 0.02), so the number is no finding:")
+        out += [f"- {cl.cell}: {cl.undetermined}." for cl in undetermined[:MAX_LISTED]]
+        out.append("")
     if any(cl.best.at_bound for cl in fits):
         out.append("A parameter at its bound 0 (usually L0) means the curves did not determine it: short runs still in "
                    "their fast early descent fit a pure power law; read predictions far from the fitted curves with care.")
         out.append("")
     out.append("MAE in nats/token over post-warmup steps. 'predicted optimum' is the argmin of the law's final loss "
-               "over warmdown fractions 0, 0.02, ..., 1; 'predicted (tested wd)' restricts it to the warmdowns run.")
+               "over warmdown fractions 0, 0.02, ..., 1; 'predicted (tested wd)' restricts it to the warmdowns run. "
+               "With one seed per cell the empirical optimum is a single run: a match is no evidence.")
     out.append("")
     out += ["### λ sensitivity", ""]
     lam_rows = []
@@ -493,6 +553,24 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
     return out
 
 
+def section_claims(a: Analysis) -> list[str]:
+    out = ["## 8. The paper's claims, scored", ""]
+    out.append("Each claim of the study (METHOD section 1) against this data: the statistic, its n, and a verdict "
+               "(supported / contradicted / inconclusive: testable but undecided / not testable, with what would make "
+               "it testable). Decision rules: docs/analysis.md, \"Claims\"; tolerances: INT8 ≈ 0 within "
+               f"±{scorecard.ZERO_MARGIN:g} nats, ratio ≈ 1 within ±{scorecard.RATIO_MARGIN:g} (90% interval, i.e. "
+               "two one-sided 5% tests); significance is Holm-adjusted paired t p < 0.05.")
+    out.append("")
+    rows = []
+    for c in a.claims:
+        why = c["reason"]
+        if c["to_test"]:
+            why = f"{why}; to test: {c['to_test']}" if why else f"to test: {c['to_test']}"
+        rows.append([c["id"], c["claim"], f"**{c['verdict']}**", c["statistic"], scorecard.fmt_n(c["n"]), why or "-"])
+    out += [md_table(["", "claim", "verdict", "statistic", "n", "why / what would make it testable"], rows), ""]
+    return out
+
+
 # ------------------------------------------------------------------------------ files
 
 def make_figures(a: Analysis, out: Path) -> dict[str, plots.Drawn]:
@@ -502,11 +580,13 @@ def make_figures(a: Analysis, out: Path) -> dict[str, plots.Drawn]:
     lams = [cl.best_lam for cl in fits]
     tasks: dict[str, parallel.Task] = {}
     # The slowest figures first, so that a worker is not left with the longest one at the end.
+    wd = a.by_warmdown or a.along  # the grid figure marks where the warmdown starts: warmdown groups
     tasks["grid_distance"] = (plots.grid_distance_over_training,
-                              (a.table, a.runset.history, a.group_axes, a.group_shown, out, m))
+                              (wd.table(a.table), a.runset.history, wd.group_axes, wd.group_shown, out, m))
     tasks["annealing"] = (plots.annealing_fits, (fits, out, m))
     if len(a.cells):
-        tasks["loss_vs_warmdown"] = (plots.loss_vs_warmdown, (a.cells, a.group_axes, a.group_shown, out, m))
+        groups = bit_groups(a.cells, a.along.group_axes)
+        tasks["loss_vs_level"] = (plots.loss_vs_level, (a.cells, a.key, groups, a.along.group_shown, out, m))
     tasks["penalty_law"] = (plots.penalty_vs_size, (a.laws, a.table, a.varying, out, m))
     tasks["lr_curves"] = (_lr_figure, (_distinct_traces(a), max(set(lams), key=lams.count) if lams else 0.99, out))
     results = parallel.fork_map([(with_problems, (a.runset, fn, *args)) for fn, args in tasks.values()],
@@ -543,8 +623,11 @@ def fits_json(a: Analysis) -> dict:
     return plain({
         "penalty_laws": a.laws,
         "annealing_laws": [cl.to_json() for cl in a.cell_laws],
+        "compare": a.key,
         "interaction": a.interaction,
-        "options": {"law_points": a.options.law_points, "holdout": a.options.holdout,
+        "interaction_warmdown": a.by_warmdown.interaction if a.by_warmdown not in (None, a.along) else None,
+        "claims": a.claims,
+        "options": {"compare": a.key, "law_points": a.options.law_points, "holdout": a.options.holdout,
                     "holdout_sizes": sorted(a.holdout_sizes), "anneal_lambdas": list(a.options.anneal_lambdas),
                     "anneal_fit_warmdowns": a.options.anneal_fit_warmdowns},
     })
@@ -569,11 +652,11 @@ def write_report(a: Analysis, out: str | Path, argv: list[str] | None = None) ->
     head = ["# QAT sweep analysis", "",
             f"`{' '.join(shlex.quote(x) for x in ['qatlab-analyze', *argv[1:]])}` — "
             f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, qat_lab {version}. "
-            "Beside this file: runs.csv (one row per run), cells.csv (one row per cell x warmdown), comparisons.csv, "
+            f"Beside this file: runs.csv (one row per run), cells.csv (one row per cell x {a.key}), comparisons.csv, "
             "fits.json (every fitted law with its data and diagnostics), PNG figures. Statistics: docs/analysis.md.", ""]
     body = (head + section_what_was_run(a) + section_missing(a) + section_glance(a) + section_cells(a, figs)
             + section_penalties(a) + section_comparisons(a) + section_interaction(a) + section_penalty_law(a, figs)
-            + section_grid(a, figs) + section_annealing(a, figs))
+            + section_grid(a, figs) + section_annealing(a, figs) + section_claims(a))
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in a.seconds.items())
     body += ["---", f"Analysis time: {timing}.", ""]
     path = out / "report.md"

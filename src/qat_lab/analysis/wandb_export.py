@@ -9,7 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from qat_lab.analysis.pipeline import Analysis
+from qat_lab.records.identity import ANY
+
+
+def _loggable(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame with the identity wildcard as '*' (W&B tables hold JSON values only)."""
+    wild = [c for c in df.columns if df[c].dtype == object and df[c].map(lambda v: v is ANY).any()]
+    return df.assign(**{c: df[c].map(lambda v: str(v) if v is ANY else v) for c in wild}) if wild else df
 
 
 def export(a: Analysis, out: Path, project: str = "qat_lab", mode: str = "offline", entity: str | None = None,
@@ -27,7 +36,8 @@ def export(a: Analysis, out: Path, project: str = "qat_lab", mode: str = "offlin
     try:
         tables = {"cells": a.cells, "runs": a.table, "comparisons": a.comparisons}
         # Mixed types are real here (an axis missing in older records is None beside numbers).
-        run.log({name: wandb.Table(dataframe=df, allow_mixed_types=True) for name, df in tables.items() if len(df)})
+        run.log({name: wandb.Table(dataframe=_loggable(df), allow_mixed_types=True) for name, df in tables.items()
+                 if len(df)})
         run.log({f"plots/{p.stem}": wandb.Image(str(p)) for p in sorted(out.glob("*.png"))})
         run.summary["n_runs"] = len(a.table)
         run.summary["n_used"] = a.coverage.n_used

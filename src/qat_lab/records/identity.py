@@ -14,13 +14,17 @@ Two runs are the same point of a study when their *resolved configs* agree, afte
    `model.name` / `optim.name` are called `model` / `optim`, and `steps` is the run's actual
    length (trainer.steps before a token budget resized it is dropped).
 
+A cosine or constant schedule has no warmdown window, so there `warmdown` is ANY too.
+
 At bits=16 nothing is fake-quantised, so the quantiser's settings (quant.*, except probe_bits,
 the grid an FP16 run is measured on) cannot change the run: they become ANY, which matches every
 value. That is what lets one FP16 run be the baseline of every quantiser variant of a cell.
 
 The one pairing rule of the project lives here too: a run's FP16 partner is the completed
-bits=16 run equal to it on every key but `bits` (fp16_partners). The end-of-sweep summary
-(qat_lab.summary) and qatlab-analyze both pair through it.
+bits=16 run equal to it on every key but `bits` (fp16_partners; why_unpaired says in words why a
+run has none). The end-of-sweep summary (qat_lab.summary) and qatlab-analyze both pair through
+it. The grid-distance ratio narrows it with quantiser_settings: an FP16 run's distance was
+measured with its own quantiser settings, which its identity leaves as ANY.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 FP_BITS = 16
 
@@ -49,6 +53,7 @@ BOOKKEEPING = (
 )
 """Config keys (and their subtrees) that are not part of a run's identity."""
 
+_BOOKKEEPING = frozenset(BOOKKEEPING)
 RENAMED = {"model.name": "model", "optim.name": "optim"}
 DATA_FACTS = {"fingerprint": "data.fingerprint", "tokenizer_sha256": "data.tokenizer_sha256"}
 """record["data"] facts that identify the corpus and tokenizer by content."""
@@ -68,13 +73,22 @@ ALIASES = {
 
 
 class _Any:
-    """The wildcard: equal to every value in matches(); shown as '*'."""
+    """The wildcard: equal to every value in matches(); shown as '*'.
+
+    It sorts after every other value, so that a table column holding it beside strings or numbers
+    (quant.scale_rule of FP16 and QAT runs) can still be sorted and grouped."""
 
     def __repr__(self) -> str:
         return "*"
 
     def __reduce__(self):  # one instance, also through pickling (forked analysis workers)
         return "ANY"
+
+    def __lt__(self, other: Any) -> bool:
+        return False
+
+    def __gt__(self, other: Any) -> bool:
+        return other is not self
 
 
 ANY = _Any()
@@ -111,7 +125,15 @@ def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
 
 def under(key: str, prefixes: Iterable[str]) -> bool:
     """True if key is one of `prefixes` or inside one of their subtrees."""
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
+    if not isinstance(prefixes, (set, frozenset)):
+        prefixes = set(prefixes)
+    # 'a.b.c' is under 'a', 'a.b' and 'a.b.c': look its own prefixes up instead of scanning the list.
+    end = key.find(".")
+    while end != -1:
+        if key[:end] in prefixes:
+            return True
+        end = key.find(".", end + 1)
+    return key in prefixes
 
 
 def run_identity(record: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +148,7 @@ def run_identity(record: dict[str, Any]) -> dict[str, Any]:
     axes = record.get("axes") or {}
     ident = {k: canonical(v) for k, v in axes.items()}
     for key, value in flatten(config).items():
-        if under(key, BOOKKEEPING) or key.startswith("_") or key.endswith("._target_"):
+        if under(key, _BOOKKEEPING) or key.startswith("_") or key.endswith("._target_"):
             continue
         ident[RENAMED.get(key, key)] = canonical(value)
     if "steps" in axes:
@@ -137,6 +159,8 @@ def run_identity(record: dict[str, Any]) -> dict[str, Any]:
             ident[key] = data[fact]
     if "data.fingerprint" in ident:
         ident.pop("data", None)
+    if ident.get("schedule.kind") in ("cosine", "constant"):
+        ident["warmdown"] = ANY  # these schedules have no warmdown window: it cannot change the run
     if ident.get("bits") == FP_BITS:
         for key in ident:
             if (key.startswith("quant.") and key not in FP_RELEVANT_QUANT) or key in FP_IRRELEVANT:
@@ -144,13 +168,17 @@ def run_identity(record: dict[str, Any]) -> dict[str, Any]:
     return ident
 
 
+def digest(ident: dict[str, Any]) -> str:
+    """A short hash of an identity: equal identities (ANY included) give equal digests."""
+    blob = json.dumps(sorted((k, repr(v)) for k, v in ident.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def config_fingerprint(config: dict[str, Any], data_facts: dict[str, Any] | None = None) -> str:
     """A short hash of a job's identity from its resolved config (and data facts): two jobs with
     the same fingerprint train the same model. Checkpoints carry it, so a checkpoint left by
     another configuration is never resumed."""
-    ident = run_identity({"config": config, "data": data_facts or {}})
-    blob = json.dumps(sorted((k, repr(v)) for k, v in ident.items()))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(run_identity({"config": config, "data": data_facts or {}}))
 
 
 def matches(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> bool:
@@ -179,25 +207,68 @@ def expand(keys: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def fp16_partners(identities: list[dict[str, Any]], usable: list[bool]) -> list[int | None]:
-    """Index of each run's FP16 partner: a usable bits=16 run that matches it on every key but
-    `bits`, or None. An FP16 run is its own partner (penalty 0). Where several match, the first
-    whose quantiser settings are equal (not just ANY) wins, else the first."""
-    fp = [i for i, (ident, ok) in enumerate(zip(identities, usable)) if ok and ident.get("bits") == FP_BITS]
+def _signature(ident: dict[str, Any], wild: frozenset[str]) -> tuple:
+    """The keys a partner must equal: every key but `bits` and the wildcard keys `wild`."""
+    return tuple(sorted((k, repr(v)) for k, v in ident.items() if k != "bits" and k not in wild and v is not ANY))
+
+
+def fp16_partners(identities: list[dict[str, Any]], usable: list[bool],
+                  accept: Callable[[int, int], bool] | None = None) -> list[int | None]:
+    """Index of each run's FP16 partner: the first usable bits=16 run that matches it on every key
+    but `bits` (matches(); ANY matches anything), and for which accept(run, partner) holds if
+    given, or None. An FP16 run is its own partner (penalty 0).
+
+    Indexed, not pairwise: FP16 runs are filed under the keys they must agree on (all but bits
+    and their ANY keys), so each run looks its partners up instead of trying every FP16 run
+    (2,000 runs would be a million comparisons)."""
+    index: dict[frozenset[str], dict[tuple, list[int]]] = {}
+    for j, (ident, ok) in enumerate(zip(identities, usable)):
+        if ok and ident.get("bits") == FP_BITS:
+            wild = frozenset(k for k, v in ident.items() if v is ANY)
+            index.setdefault(wild, {}).setdefault(_signature(ident, wild), []).append(j)
     out: list[int | None] = []
-    for ident in identities:
+    for i, ident in enumerate(identities):
         if ident.get("bits") == FP_BITS:
-            out.append(next((j for j in fp if identities[j] is ident), None))
+            ok = usable[i] and (accept is None or accept(i, i))
+            out.append(i if ok else None)
             continue
-        found = [j for j in fp if matches(ident, identities[j], ignore=("bits",))]
-        out.append(found[0] if found else None)
+        found = sorted(j for wild, by_sig in index.items() for j in by_sig.get(_signature(ident, wild), ()))
+        out.append(next((j for j in found if accept is None or accept(i, j)), None))
     return out
 
 
-def same_quantiser(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether a QAT run and its FP16 partner were measured with the same quantiser settings
-    (the FP16 run's own quant.* values, read from its config, not the ANY of its identity)."""
-    return all(a.get(k) == b.get(k) for k in a.keys() | b.keys() if k.startswith("quant."))
+def why_unpaired(ident: dict[str, Any], identities: list[dict[str, Any]], usable: list[bool]) -> str:
+    """Why a quantised run has no FP16 partner, in words: the keys in which the nearest usable
+    bits=16 runs differ from it ('no completed bits=16 run with the same optim.matrix_lr'), or
+    that its partner exists but was left out, or that there is no bits=16 run at all."""
+    fp = [j for j, other in enumerate(identities) if other.get("bits") == FP_BITS]
+    if any(matches(ident, identities[j], ignore=("bits",)) for j in fp):
+        return "its bits=16 partner was left out (failed, diverged, unfinished or a duplicate)"
+    fp = [j for j in fp if usable[j]]
+    if not fp:
+        return "no completed bits=16 run at all"
+
+    def differing(j: int) -> list[str]:
+        other = identities[j]
+        return sorted(k for k in ident.keys() | other.keys() if k != "bits"
+                      and not (ident.get(k) is ANY or other.get(k) is ANY)
+                      and ident.get(k, _MISSING) != other.get(k, _MISSING))
+
+    nearest = min((differing(j) for j in fp), key=len)
+    shown = ", ".join(nearest[:3]) + (f" (+{len(nearest) - 3} more)" if len(nearest) > 3 else "")
+    return f"no completed bits=16 run with the same {shown}"
+
+
+GRID_EXEMPT_QUANT = ("quant.bits", "quant.probe_bits", "quant.start", "quant.start_lr_below")
+"""quant.* keys that do not change how a grid distance is measured: the grid's bit-width is
+compared separately (results.grid_bits), and when QAT starts changes the weights, not the ruler."""
+
+
+def quantiser_settings(config: dict[str, Any]) -> tuple:
+    """The quantiser settings a run's grid distance was measured with, from its resolved config
+    (an FP16 run's own values: its identity has ANY there), hashable."""
+    quant = flatten({"quant": (config or {}).get("quant") or {}})
+    return tuple(sorted((k, canonical(v)) for k, v in quant.items() if k not in GRID_EXEMPT_QUANT))
 
 
 def varying_keys(identities: list[dict[str, Any]]) -> list[str]:
@@ -246,3 +317,14 @@ def penalties(records: list[dict[str, Any]]) -> list[float | None]:
     for r, good, j in zip(records, ok, fp16_partners(identities, ok)):
         out.append(r["results"]["val_loss"] - records[j]["results"]["val_loss"] if good and j is not None else None)
     return out
+
+
+FINGERPRINT_SHOWN = 10
+"""Characters of a content fingerprint shown in tables: enough to tell two corpora apart."""
+
+
+def shown(value: Any) -> str:
+    """An identity value as tables show it: fingerprints shortened, ANY as '*'."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:FINGERPRINT_SHOWN]
+    return str(value)
