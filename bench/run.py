@@ -168,7 +168,7 @@ def summarise(preset: str, spec, runs: dict[str, list[loops.Timing]], data, peak
     per_step_s = costs["grid_s"] / every["grid_every"] + costs["val_s"] / every["val_every"]
 
     return {
-        "d_model": spec.model.d_model, "n_layer": spec.model.n_layer, "params_matmul": n_matmul,
+        "d_model": spec.model.d_model, "n_layer": spec.model.n_layer, "params_matmul": spec.model.matmul_params(data.vocab_size),
         "flops_per_token": fpt, "rows": rows, "checks": checks,
         "agreement": agreement, "final_step": args.warmup + args.steps - 1,
         "eval": {**costs, **every, "val_batches": eval_spec.trainer.val_batches,

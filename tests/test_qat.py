@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from qat_lab.errors import ConfigError
-from qat_lab.models.gpt import GPT, GPTConfig, lm_loss
+from qat_lab.models.gpt import GPT, GPTConfig, RMSNorm, lm_loss
 from qat_lab.quant.fake_quant import QuantConfig, quantise_dequantise
 from qat_lab.quant.qat import (
     FakeQuantEmbedding, FakeQuantLinear, apply_qat, latent_weights, quant_targets, round_trip_weights,
@@ -47,7 +47,7 @@ def test_apply_qat_wraps_exactly_the_six_block_matrices():
     wrapped = {n for n, m in model.named_modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))}
     assert wrapped == expected
     assert type(model.wte) is nn.Embedding and type(model.lm_head) is nn.Linear
-    assert all(type(m) is nn.RMSNorm for m in model.modules() if isinstance(m, nn.RMSNorm))
+    assert all(type(m) is RMSNorm for m in model.modules() if isinstance(m, nn.RMSNorm))  # norms are not wrapped
     assert all(m.qcfg.bits == 4 and bool(m.qat_on) for n, m in model.named_modules() if n in expected)
 
 

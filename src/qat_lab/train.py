@@ -48,6 +48,9 @@ def quiet_lightning() -> None:
     # harmless, and nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
                             module=r"lightning\.pytorch\.utilities\._pytree")
+    # On a machine with Slurm installed, Lightning warns on every run started outside `srun`; each
+    # job here is one process (the submitit launcher starts it under Slurm itself), so it is noise.
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 def trainer_precision(spec: RunSpec) -> str:

@@ -275,7 +275,9 @@ def collect_hessians(model: GPT, targets: Mapping[str, nn.Module], batches: Iter
     model.eval()
     try:
         for x, _ in batches:
-            model(x.to(device))
+            # Eager forward (the undecorated call), also when trainer.compile=true compiled the model
+            # in place: a compiled graph runs the layers without calling their Python hooks.
+            model._call_impl(x.to(device))
             cache["x"] = cache["xtx"] = None  # let the batch's activations go
     finally:
         for handle in handles:
