@@ -15,6 +15,7 @@ import gc
 import statistics
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import hydra
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from qat_lab.config import RunSpec, build_spec
 from qat_lab.data import LMDataModule
-from qat_lab.evaluation import mean_loss
+from qat_lab.evaluation import mean_loss, strong_ptq
 from qat_lab.models.gpt import GPT, lm_loss
 from qat_lab.module import QATLanguageModel
 from qat_lab.optim import apply_step_hparams, build_optimizers
@@ -208,3 +209,20 @@ def periodic_eval_costs(spec: RunSpec, data: LMDataModule, reps: int = 3) -> dic
 
     return {"grid_s": median_time(lambda: grid_distance(model, spec.quant)),
             "val_s": median_time(lambda: mean_loss(model, batches))}
+
+
+def strong_ptq_cost(spec: RunSpec, data: LMDataModule) -> dict[str, float]:
+    """Seconds the end-of-run strong-PTQ arms add to a run (the ptq group's defaults: clip search
+    and GPTQ at every PTQ bit-width, each evaluated on the final validation set; one pass, as a run
+    does it), beside the round-to-nearest evaluation every run does anyway. Timed on the
+    initial weights: the cost does not depend on what the weights are."""
+    torch.manual_seed(spec.seed)
+    model = GPT(spec.model, data.vocab_size)
+    apply_qat(model, spec.quant)
+    strong = [m for m in spec.ptq.methods if m != "rtn"]
+    bits = sorted({spec.quant.bits, *spec.ptq.bits} - {16}, reverse=True)
+    calibration = data.calibration_batches(spec.ptq.calibration_batches) if "gptq" in strong else []
+    start = time.perf_counter()
+    out = strong_ptq(model, spec.quant, data.eval_batches(), data.bits_per_byte, nullcontext, bits, strong,
+                     calibration)
+    return {"ptq_s": time.perf_counter() - start, **out["ptq_cost"]}

@@ -166,11 +166,15 @@ def summarise(preset: str, spec, runs: dict[str, list[loops.Timing]], data, peak
     costs = loops.periodic_eval_costs(eval_spec, data, reps=1 if args.quick else 3)
     every = {"grid_every": eval_spec.trainer.grid_every, "val_every": eval_spec.trainer.val_every}
     per_step_s = costs["grid_s"] / every["grid_every"] + costs["val_s"] / every["val_every"]
+    # The strong-PTQ arms run once, after the last step: against a whole default run's training time.
+    ptq = loops.strong_ptq_cost(eval_spec, data)
+    run_s = eval_spec.trainer.steps * rows["lightning-fp16"]["ms_per_step"] / 1e3
+    ptq["run_s"], ptq["pct_of_run"] = run_s, 100.0 * ptq["ptq_s"] / run_s
 
     return {
         "d_model": spec.model.d_model, "n_layer": spec.model.n_layer, "params_matmul": spec.model.matmul_params(data.vocab_size),
         "flops_per_token": fpt, "rows": rows, "checks": checks,
-        "agreement": agreement, "final_step": args.warmup + args.steps - 1,
+        "agreement": agreement, "final_step": args.warmup + args.steps - 1, "ptq": ptq,
         "eval": {**costs, **every, "val_batches": eval_spec.trainer.val_batches,
                  "amortised_pct": 100.0 * per_step_s / (rows["lightning-fp16"]["ms_per_step"] / 1e3)},
     }
@@ -247,6 +251,15 @@ def eval_line(p: dict) -> str:
             f"{e['val_every']} steps: +{e['amortised_pct']:.1f}% per step at the default cadence.")
 
 
+def ptq_line(p: dict) -> str:
+    c = p["ptq"]
+    return (f"Strong-PTQ arms at the end of a run (clip search + GPTQ at every PTQ bit-width, each evaluated on the "
+            f"final validation set; calibration {c['calibration_batches']} batches): {c['ptq_s']:.2f} s "
+            f"(Hessians {c['hessian_s']:.2f} s, clip {c['clip_s']:.2f} s, GPTQ {c['gptq_s']:.2f} s, evaluations "
+            f"{c['eval_s']:.2f} s) = {c['pct_of_run']:.1f}% of a default {c['run_s']:.0f}-s training run "
+            f"(target <= 10%).")
+
+
 def agreement_line(p: dict) -> str:
     parts = [f"{a['pair']} {a['bare']:.5f} / {a['lightning']:.5f}" + ("" if a["same"] else " DIFFER")
              for a in p["agreement"]]
@@ -275,7 +288,7 @@ def console_report(res: dict) -> str:
              f"batch {res['batch_size']} x seq_len {res['seq_len']} = {res['tokens_per_step']} tokens/step"]
     for name, p in res["presets"].items():
         parts += ["", preset_heading(name, p), text_table(*variant_table(p)), "", text_table(*check_table(p)), eval_line(p),
-                  agreement_line(p)]
+                  ptq_line(p), agreement_line(p)]
     return "\n".join(parts)
 
 
@@ -307,7 +320,7 @@ def markdown_report(res: dict, args: argparse.Namespace, argv: list[str]) -> str
     ]
     for name, p in res["presets"].items():
         lines += [f"## {preset_heading(name, p)}", "", md_table(*variant_table(p)), "", md_table(*check_table(p)), "",
-                  eval_line(p), "", agreement_line(p), ""]
+                  eval_line(p), "", ptq_line(p), "", agreement_line(p), ""]
     lines += [
         "## How measured",
         "",

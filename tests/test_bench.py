@@ -61,6 +61,9 @@ def test_quick_bench_writes_a_complete_report(tmp_path, capsys):
         assert verdict in (("PASS", "MISS") if target != "-" else ("-",)), name
 
     assert "DIFFER" not in md and "Same work check" in md
+    # The strong-PTQ arms' cost is measured (a real time, a share of a real run), not assumed.
+    ptq = re.search(r"Strong-PTQ arms .*?: ([\d.]+) s .*?= ([\d.]+)% of a default (\d+)-s training run", md)
+    assert ptq and float(ptq.group(1)) > 0 and float(ptq.group(2)) > 0 and int(ptq.group(3)) > 0
     assert "## How measured" in md
     # The console gets the same tables.
     assert "Lightning / bare (FP16)" in capsys.readouterr().out

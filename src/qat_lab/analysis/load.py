@@ -378,8 +378,11 @@ def runs_table(runset: RunSet, identities: list[dict[str, Any]], extra: list[str
                "size": (r.get("params") or {}).get("non_embedding")}
         for col in RESULT_COLUMNS:
             row[col] = res.get(col)
-        for bits, ptq in sorted((res.get("ptq") or {}).items()):
-            row[f"ptq{bits}_val_loss"] = ptq.get("val_loss")
+        # The post-training quantisers of the final weights (METHOD section 9): ptq4_val_loss (RTN),
+        # ptq_clip4_val_loss, ptq_gptq4_val_loss, ... at every bit-width the run evaluated.
+        for method in ("ptq", "ptq_clip", "ptq_gptq"):
+            for bits, ptq in sorted((res.get(method) or {}).items()):
+                row[f"{method}{bits}_val_loss"] = (ptq or {}).get("val_loss")
         row["wall_s"] = (r.get("timing") or {}).get("wall_s")
         row["error"] = r.get("error")
         row["diverged_at_step"] = r.get("diverged_at_step")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from qat_lab.analysis import parallel, plots, scorecard
+from qat_lab.analysis import arms, parallel, plots, scorecard
 from qat_lab.analysis.cells import CELL_ID, fmt_value, ordered_levels, size_text
 from qat_lab.analysis.design import bit_groups
 from qat_lab.analysis.markdown import figures, image, md_table, mean_sd, num, plain, pval, sig
@@ -656,7 +656,10 @@ def write_report(a: Analysis, out: str | Path, argv: list[str] | None = None) ->
             "fits.json (every fitted law with its data and diagnostics), PNG figures. Statistics: docs/analysis.md.", ""]
     body = (head + section_what_was_run(a) + section_missing(a) + section_glance(a) + section_cells(a, figs)
             + section_penalties(a) + section_comparisons(a) + section_interaction(a) + section_penalty_law(a, figs)
-            + section_grid(a, figs) + section_annealing(a, figs) + section_claims(a))
+            + section_grid(a, figs) + section_annealing(a, figs) + section_claims(a)
+            + arms.section(a.table, a.varying, a.by_warmdown.interaction if a.by_warmdown else [], number=9))
+    if arms.applies(a.table):
+        arms.arms_frame(arms.cell_arms(a.table, a.varying)).to_csv(out / "arms.csv", index=False)
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in a.seconds.items())
     body += ["---", f"Analysis time: {timing}.", ""]
     path = out / "report.md"
