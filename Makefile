@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run --out docs/benchmarks.md
 	$(PY) -m bench.ief_bench --out docs/benchmarks_ief.md
 	$(PY) bench/analysis_bench.py --out docs/benchmarks_analysis.md
+	$(PY) -m bench.cli_startup --out docs/benchmarks_cli.md
 
 # The GPU path in one command: throughput and bf16 MFU (15m/50m/100m, eager and compiled), bf16 vs
 # fp32 parity, Muon's bf16 Newton-Schulz, a 4-job CLI sweep; CPU mode (tiny models) without a GPU.
