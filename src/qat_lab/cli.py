@@ -90,8 +90,13 @@ def _canonical_number(text: str, kind: str) -> str:
 
 def normalise(overrides: list[str]) -> list[str]:
     """Numeric sweep axes written one way (bits=16.0 -> bits=16, lr_mult=1.0 -> lr_mult=1), so the
-    same run always gets the same job dir and identity. Function sweeps (range, glob) are left."""
+    same run always gets the same job dir and identity. Function sweeps (range, glob) are left.
+
+    Each literal axis value is checked on the way (config.AXIS_CHECKS, the validators build_spec
+    uses): a bad value is the same one line as from the preflight, without composing any config."""
     from hydra.core.override_parser.types import ValueType
+
+    from qat_lab.config import AXIS_CHECKS
 
     out = []
     for text, o in zip(overrides, _parse(overrides)):
@@ -100,6 +105,11 @@ def normalise(overrides: list[str]) -> list[str]:
         if kind is None or o.is_delete():
             out.append(text)
             continue
+        if o.value_type in (ValueType.ELEMENT, ValueType.SIMPLE_CHOICE_SWEEP):
+            values = [o.value()] if o.value_type == ValueType.ELEMENT else list(o.value().list)
+            for value in values:
+                if not (isinstance(value, str) and "${" in value):  # interpolations resolve at composition
+                    AXIS_CHECKS[key](value)
         prefix = text.split("=", 1)[0]
         if o.value_type == ValueType.ELEMENT and isinstance(o.value(), (int, float)):
             out.append(f"{prefix}={_canonical_number(o.get_value_element_as_str(), kind)}")

@@ -21,8 +21,8 @@ from qat_lab import validation as v
 from qat_lab.data.config import DataConfig
 from qat_lab.errors import ConfigError
 from qat_lab.models.config import GPTConfig
-from qat_lab.quant.config import PTQConfig, QuantConfig
-from qat_lab.schedules import ScheduleConfig
+from qat_lab.quant.config import PTQConfig, QuantConfig, validate_bits
+from qat_lab.schedules import ScheduleConfig, validate_warmdown
 
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16", "bf16-true", "16-true", "64-true", "64")
 """Lightning's precision strings that qat_lab runs ('auto' is ours: bf16-mixed on GPU, 32-true on CPU).
@@ -233,11 +233,21 @@ def _mirror(cfg: DictConfig, top: str, inner: str, value: Any) -> None:
         raise ConfigError(f"{inner}={value} differs from {top}={top_value}: set the top-level {top} instead")
 
 
+AXIS_CHECKS = {
+    "bits": validate_bits,
+    "warmdown": validate_warmdown,
+    "lr_mult": lambda value: v.positive("lr_mult", value),
+    "seed": lambda value: v.integer("seed", value, 0),
+}
+"""The validator of each top-level sweep axis: build_spec and the groups use these, and the CLI
+checks a command line's axis values with them before composing anything (a typo answers fast)."""
+
+
 def build_spec(cfg: DictConfig) -> RunSpec:
     """Validate a composed config and return the typed RunSpec (raises ConfigError/DataError)."""
     _check_top_level(cfg)
-    lr_mult = v.positive("lr_mult", cfg.get("lr_mult"))
-    seed = v.integer("seed", cfg.get("seed"), 0)
+    lr_mult = AXIS_CHECKS["lr_mult"](cfg.get("lr_mult"))
+    seed = AXIS_CHECKS["seed"](cfg.get("seed"))
     built = {}
     for name in GROUPS:
         values = OmegaConf.to_container(cfg[name], resolve=True)

@@ -27,6 +27,12 @@ DECAY_SHAPES = {
 }
 
 
+def validate_warmdown(value: object) -> float:
+    """The warmdown fraction in [0, 1] (the top-level `warmdown` axis reaches ScheduleConfig by
+    interpolation: the error names it the way users set it)."""
+    return v.in_range("warmdown", value, 0.0, 1.0, hint="is not valid: use a fraction of the run in [0, 1]")
+
+
 @dataclass
 class ScheduleConfig:
     """LR schedule. The warmdown fraction is the top-level `warmdown` axis (wd33 = 0.33)."""
@@ -45,8 +51,7 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         v.check_choices(self, "schedule")
         # The top-level `warmdown` reaches this field by interpolation: name it the way users set it.
-        self.warmdown = v.in_range("warmdown", self.warmdown, 0.0, 1.0,
-                                   hint="is not valid: use a fraction of the run in [0, 1]")
+        self.warmdown = validate_warmdown(self.warmdown)
         self.warmup_steps = v.integer("schedule.warmup_steps", self.warmup_steps, 0)
         v.in_range("schedule.final_lr_frac", self.final_lr_frac, 0.0, 1.0)
 
