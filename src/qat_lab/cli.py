@@ -11,6 +11,7 @@ Nothing heavy (torch, Lightning) is imported until a job runs or a model must be
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import math
@@ -125,6 +126,41 @@ _COMPOSED: dict[tuple[str, ...], object] = {}
 """Compositions of this command (with the hydra node): each distinct override list is composed once."""
 
 
+def _axis_split(job: list[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(the job's other overrides, {axis: value text} of its plain top-level numeric axes)."""
+    rest, axes = [], {}
+    for text in job:
+        key, eq, value = text.partition("=")
+        if eq and key in NUMERIC_AXES and "${" not in value:
+            axes[key] = value
+        else:
+            rest.append(text)
+    return tuple(rest), axes
+
+
+def _from_sibling(job: list[str]):
+    """The job's config (without the hydra node) from an already composed job that differs only in
+    top-level numeric axis values (bits, warmdown, lr_mult, seed), or None.
+
+    Those axes are plain top-level values that the groups read by interpolation (quant.bits:
+    ${bits}); no defaults list depends on them. So setting them in a copy of the sibling's config
+    is what Hydra's composition of the override would give, without a second composition: a
+    sweep of 8 bits x warmdown jobs composes once in the preflight and the dry run."""
+    from omegaconf import OmegaConf
+
+    rest, axes = _axis_split(job)
+    for other in _COMPOSED:
+        other_rest, other_axes = _axis_split(list(other))
+        if other_rest == rest and other_axes.keys() == axes.keys():
+            base = _COMPOSED[other]
+            cfg = copy.deepcopy(OmegaConf.masked_copy(base, [k for k in base.keys() if k != "hydra"]))
+            for k, value in axes.items():
+                parsed = _parse([f"{k}={value}"])[0].value()
+                OmegaConf.update(cfg, k, parsed, merge=False)
+            return cfg
+    return None
+
+
 def _compose(job: list[str], with_hydra: bool = False):
     """The composed config of one job (the hydra node kept only if asked: build_spec ignores it)."""
     from hydra import compose
@@ -133,6 +169,10 @@ def _compose(job: list[str], with_hydra: bool = False):
     from omegaconf.errors import OmegaConfBaseException
 
     key = tuple(job)
+    if not with_hydra and key not in _COMPOSED:
+        derived = _from_sibling(job)
+        if derived is not None:
+            return derived
     if key not in _COMPOSED:
         try:
             _COMPOSED[key] = compose(config_name="config", overrides=job, return_hydra_config=True)
