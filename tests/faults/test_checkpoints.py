@@ -41,13 +41,20 @@ def test_planted_pickle_runs_no_code(tmp_path, every):
     assert history_steps(run_dir) == list(range(21))
 
 
-def test_truncated_checkpoint_is_set_aside_and_the_job_completes(tmp_path):
-    run_dir = tmp_path / "run"
+def killed_after_a_checkpoint(tmp_path, run_dir) -> list[str]:
+    """Start a 60-step run that checkpoints every 10 steps, SIGKILL it after its first checkpoint
+    and some history; returns its command line (to run it again)."""
     args = [*FAST, "trainer.steps=60", "trainer.checkpoint_every=10", f"hydra.run.dir={run_dir}"]
     proc = start_cli(args, tmp_path)
     wait_for(lambda: (run_dir / "checkpoint.pt").exists() and history_rows(run_dir) > 25, what="a checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
+    return args
+
+
+def test_truncated_checkpoint_is_set_aside_and_the_job_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    args = killed_after_a_checkpoint(tmp_path, run_dir)
     ckpt = run_dir / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])  # half-written, as a kill mid-save would leave
 
@@ -62,11 +69,7 @@ def test_truncated_checkpoint_is_set_aside_and_the_job_completes(tmp_path):
 
 def test_checkpoint_of_another_configuration_is_not_resumed(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*FAST, "trainer.steps=60", "trainer.checkpoint_every=10", f"hydra.run.dir={run_dir}"]
-    proc = start_cli(args, tmp_path)
-    wait_for(lambda: (run_dir / "checkpoint.pt").exists() and history_rows(run_dir) > 25, what="a checkpoint")
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    args = killed_after_a_checkpoint(tmp_path, run_dir)
     again = run_cli([*args, "optim.matrix_lr=0.03"], cwd=tmp_path)  # a different run in the same dir
     assert again.returncode == 0, again.stderr[-2000:]
     assert "was written by another configuration" in again.stdout
