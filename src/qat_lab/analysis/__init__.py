@@ -13,6 +13,7 @@ Modules, one job each:
     annealing_law.py  L = L0 + A S1^-alpha - C S2 fitted on loss curves (Tissue et al. 2024)
     multipower_law.py the Multi-Power Law (Luo et al. 2025; not yet in the report)
     scorecard.py      the paper's claims C1-C5: statistic, n, verdict
+    arms.py           a QAT-start study's arms per cell: FP16, QAT from init, best late QAT, PTQ RTN/clip/GPTQ
     pipeline.py       all of the above in order -> Analysis
     parallel.py       annealing fits and figures in forked worker processes (--workers)
     plots.py          the figures;  markdown.py  numbers and tables;  report.py  report.md, CSVs, fits.json
