@@ -35,6 +35,7 @@ def test_compiled_late_qat_run_matches_eager_step_by_step(tmp_path):
     la, lb = [float(r["train_loss"]) for r in ra], [float(r["train_loss"]) for r in rb]
     # Fused kernels reorder floating-point sums: equal to a few parts in a thousand, not bitwise.
     assert lb == pytest.approx(la, rel=5e-3)
-    # ...and the switch is real in both: 2-bit fake quantisation moves the loss at step 5.
-    assert abs(la[5] - la[4]) > 0.05 and abs(lb[5] - lb[4]) > 0.05
+    # ...and the switch is real in both: 2-bit fake quantisation moves the loss at step 5 by far
+    # more than the compiled-vs-eager tolerance above (~0.015 nats at this loss).
+    assert abs(la[5] - la[4]) > 0.03 and abs(lb[5] - lb[4]) > 0.03
     assert b["results"]["val_loss"] == pytest.approx(a["results"]["val_loss"], rel=5e-3)
