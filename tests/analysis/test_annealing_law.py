@@ -150,10 +150,11 @@ def test_the_report_marks_a_degenerate_fit_as_undetermined(tmp_path):
     from tests.analysis.conftest import small_planted
 
     # A pure power law (L0 = 0) on 40 steps with a strong annealing term: the fit pins L0 at 0 and
-    # its optimum moves with lambda (found by a scan of planted laws).
+    # its optimum moves with lambda (found by a scan of planted laws, on the fixed λ grid).
     planted = small_planted(sizes={"m5": 5_000_000}, bits=(16,), warmdowns=(0.1, 0.33, 0.5), seeds=(0, 1), steps=40,
                             anneal={"L0": 0.0, "A": 3.0, "alpha": 0.3, "C": 0.01})
-    a = pipeline.analyse(load.load_local([synthetic.write_sweep(tmp_path, planted)]), pipeline.Options(max_plots=0))
+    a = pipeline.analyse(load.load_local([synthetic.write_sweep(tmp_path, planted)]),
+                         pipeline.Options(max_plots=0, anneal_lambdas=al.DEFAULT_LAMBDAS))
     (cl,) = a.cell_laws
     assert "L0" in cl.best.at_bound and cl.optimum_range[1] - cl.optimum_range[0] > al.CANDIDATE_STEP
     assert cl.undetermined.startswith("L0 at bound 0 and the predicted optimum moves from")
@@ -177,3 +178,64 @@ def test_a_match_with_the_empirical_optimum_is_not_claimed_from_one_seed(tmp_pat
     text = report.write_report(a, tmp_path / "rep", ["qatlab-analyze"]).read_text()
     assert "agreement with the empirical optimum not testable (one seed per cell" in text
     assert "matches the empirical one in" not in text
+
+
+# ------------------------------------------------------------------------------ both laws, λ grid, loss column
+
+def test_lambda_grid_scales_with_the_run_length():
+    # tau = T x (0.01, 0.03, 0.1, 0.3): lambda = 1 - 1/tau; tau <= 1 is dropped, duplicates merged.
+    assert al.scaled_lambdas(1000) == pytest.approx((0.9, 1 - 1 / 30, 0.99, 1 - 1 / 300))
+    assert al.scaled_lambdas(50) == pytest.approx((1 - 1 / 1.5, 1 - 1 / 5, 1 - 1 / 15))
+    assert all(0 < lam < 1 for lam in al.scaled_lambdas(20_000))
+    cl = al.fit_cell("c", [curve(0.0), curve(0.5)], ScheduleConfig(warmdown=0.5), 300, 1.0, None, with_mpl=False)
+    assert sorted(cl.fits) == list(al.scaled_lambdas(300)) == list(cl.lambdas)
+
+
+def test_both_laws_are_fitted_and_the_better_one_on_held_out_curves_is_used():
+    from tests.analysis.test_multipower_law import curve as mpl_curve
+
+    # Curves made by the Multi-Power Law: it predicts the held-out final loss better than Tissue's.
+    mpl_made = [mpl_curve(w, noise=0.0005, seed=i) for i, w in enumerate((0.0, 0.2, 0.5))]
+    cl = al.fit_cell("mpl-made", mpl_made, ScheduleConfig(warmdown=0.5, warmup_steps=20), 1000, 1e-3, None)
+    assert cl.heldout_warmdowns == [0.2] and set(cl.heldout_error) == {"tissue", "mpl"}
+    assert cl.heldout_error["mpl"] < cl.heldout_error["tissue"] and cl.law_used == "mpl"
+    assert cl.predicted_optimum == cl.mpl_optimum
+    # Curves made by Tissue's law: it predicts them to the noise level.
+    tissue_made = [curve(w, noise=0.0005, seed=i) for i, w in enumerate((0.0, 0.2, 0.5))]
+    cl = al.fit_cell("tissue-made", tissue_made, ScheduleConfig(warmdown=0.5), 300, 1.0, None, lambdas=(0.95, LAM))
+    assert cl.heldout_error["tissue"] < 2e-3 and cl.mpl is not None
+    assert cl.predicted_optimum == (cl.mpl_optimum if cl.law_used == "mpl" else cl.chosen["predicted_optimum"])
+    # Without a held-out curve there is nothing to judge by: the simpler law.
+    cl = al.fit_cell("none", tissue_made[::2], ScheduleConfig(warmdown=0.5), 300, 1.0, None, fit_warmdowns=[0.0, 0.5])
+    assert cl.law_used == "tissue" and np.isnan(cl.heldout_error["tissue"])
+
+
+def test_curve_loss_is_fitted_where_runs_log_it(tmp_path):
+    from qat_lab.analysis import load, pipeline, synthetic
+
+    for every, column in ((10, "curve_loss"), (0, "train_loss")):
+        planted = synthetic.Planted(sizes={"m5": 5_000_000}, bits=(16,), warmdowns=(0.1, 0.33, 0.5), seeds=(0, 1),
+                                    curve_noise=0.003, curve_every=every)
+        sweep = synthetic.write_sweep(tmp_path / column, planted)
+        a = pipeline.analyse(load.load_local([sweep]), pipeline.Options(max_plots=0, anneal_lambdas=(0.99,)))
+        (cl,) = a.cell_laws
+        assert cl.column == column and cl.to_json()["loss_column"] == column
+        if column == "curve_loss":  # every 10 steps, the warmdown start and after the last step (row T)
+            (c,) = [c for c in cl.curves if c.warmdown == 0.5]
+            assert len(c.loss) == 151 and c.final_point()[0] == 150 and np.isfinite(c.loss).sum() == 16
+            # 10x less noise than the train loss: the planted law comes back closely
+            assert cl.best.params["alpha"] == pytest.approx(planted.anneal["alpha"], rel=0.1)
+
+
+def test_the_report_shows_both_laws_and_flags_an_optimum_at_the_edge(tmp_path):
+    from qat_lab.analysis import load, pipeline, report, synthetic
+
+    # A strong annealing term: the law's optimum is the longest warmdown, 1.0 (the edge).
+    planted = synthetic.Planted(sizes={"m5": 5_000_000}, bits=(16,), warmdowns=(0.1, 0.33, 0.5), seeds=(0, 1),
+                                anneal={"L0": 1.6, "A": 2.5, "alpha": 0.5, "C": 0.01}, curve_every=10)
+    a = pipeline.analyse(load.load_local([synthetic.write_sweep(tmp_path, planted)]), pipeline.Options(max_plots=0))
+    (cl,) = a.cell_laws
+    assert cl.predicted_optimum == 1.0 and "edge of the candidate grid (warmdown 1)" in cl.edge_flags[0]
+    text = report.write_report(a, tmp_path / "rep", ["qatlab-analyze"]).read_text()
+    assert "held-out final error Tissue / MPL" in text and "law used" in text
+    assert "**At the edge** in 1 of 1 cell(s)" in text and "curve_loss" in text

@@ -18,7 +18,17 @@ least-squares solve gives a good start per alpha; the best few starts are polish
 tolerances (the defaults stop early: the objective is small and L-BFGS-B's ftol is relative to
 max(|f|, 1)), the exit status of every start is kept, the best is reported with its own status.
 lambda is chosen on a small grid by the fit objective, and the report shows how every result,
-the predicted optimal warmdown above all, moves with lambda.
+the predicted optimal warmdown above all, moves with lambda. The grid is scaled to the run length
+(scaled_lambdas): the momentum's time constant tau = 1 / (1 - lambda) is a fraction of the steps,
+so that a 150-step and a 20,000-step run are asked the same question.
+
+Which curve. Runs that log `curve_loss` (the loss on one fixed held-out batch every
+trainer.curve_every steps, at warmdown start and after the last step) are fitted on it: it has no
+batch-to-batch noise, so a few dozen points pin the law better than every noisy train-loss step.
+Older records without it fall back to the per-step train_loss (Curve.column says which).
+
+Beside this law, fit_cell fits the Multi-Power Law (multipower_law) on the same curves, scores both
+on the held-out curves' final loss and predicts the optimum with the better one.
 """
 
 from __future__ import annotations
@@ -49,6 +59,14 @@ LBFGS_OPTIONS = {"maxiter": 20000, "maxfun": 50000, "ftol": 1e-12, "gtol": 1e-8,
 where scipy's default (2.2e-9 relative to max(|f|, 1)) would stop on an unnormalised objective of
 order 1e-5 after it has barely moved."""
 PARAM_NAMES = ("L0", "A", "alpha", "C")
+TAU_FRACTIONS = (0.01, 0.03, 0.1, 0.3)
+"""The momentum's time constant tau = 1 / (1 - lambda) as fractions of the run length (scaled_lambdas)."""
+LOSS_COLUMNS = ("curve_loss", "train_loss")
+"""The loss columns a fit can use, preferred first."""
+MPL_OPTIONS = {"max_points": 80, "n_polish": 1}
+"""The Multi-Power Law fit beside this one in fit_cell: subsampled to 80 points per curve and one
+polished start, ~0.3 s a cell (its defaults, 400 points and 4 starts, take 1-8 s: too slow for a
+sweep of 100 cells). Recovery on 80 uniform points differs from 400 well inside the noise."""
 
 
 # ------------------------------------------------------------------------------ LR traces, areas
@@ -140,6 +158,24 @@ def areas(eta: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray]:
     return s1, s2
 
 
+def scaled_lambdas(steps: int, fractions=TAU_FRACTIONS) -> tuple[float, ...]:
+    """lambda = 1 - 1/tau with tau = steps x fraction: the momentum remembers a fixed share of the run.
+
+    A fixed grid (0.9 ... 0.999) means a lag of 10-1000 steps whatever the run length: all of a
+    150-step run at one end, a sliver of a 20,000-step one at the other. Values outside (0, 1)
+    (tau <= 1 on very short runs) are dropped and duplicates merged.
+    """
+    lams = {round(1.0 - 1.0 / (steps * f), 12) for f in fractions if steps * f > 1.0}  # round: dedupe
+    return tuple(sorted(lam for lam in lams if 0.0 < lam < 1.0)) or DEFAULT_LAMBDAS
+
+
+def loss_column(history: pd.DataFrame | None) -> str:
+    """'curve_loss' when the history has one finite value of it, else 'train_loss' (older records)."""
+    if history is not None and "curve_loss" in history and history["curve_loss"].notna().any():
+        return "curve_loss"
+    return "train_loss"
+
+
 def law(params: dict | np.ndarray, s1, s2) -> np.ndarray:
     L0, A, alpha, C = (params[k] for k in PARAM_NAMES) if isinstance(params, dict) else params
     with np.errstate(divide="ignore"):
@@ -150,14 +186,22 @@ def law(params: dict | np.ndarray, s1, s2) -> np.ndarray:
 
 @dataclass
 class Curve:
-    """One loss curve to fit or predict: a seed-mean train loss with its LR trace."""
+    """One loss curve to fit or predict: a seed-mean loss with its LR trace."""
     warmdown: float
     loss: np.ndarray
-    """Loss after k updates, k = 0..T-1 (row k of metrics.csv)."""
+    """Loss after k updates (row k of metrics.csv): k = 0..T-1 for train_loss, 0..T for curve_loss
+    (logged after the last step too); NaN where the column has no value."""
     trace: Trace
     n_seeds: int
     run_ids: list[str] = field(default_factory=list)
     """The runs whose curves were averaged (fits.json names them rather than repeating the data)."""
+    column: str = "train_loss"
+    """The metrics.csv column the loss comes from (LOSS_COLUMNS)."""
+
+    def final_point(self) -> tuple[int, float]:
+        """(row, loss) of the last finite point: the run's final loss as the curve measures it."""
+        k = int(np.flatnonzero(np.isfinite(self.loss))[-1])
+        return k, float(self.loss[k])
 
     def points(self, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(k, S1, S2, loss) at the fitted points: post-warmup, S1 > 0, finite loss."""
@@ -282,11 +326,16 @@ def _pooled(quality: list[dict], curves: list[Curve], lam: float) -> dict:
 
 
 @functools.lru_cache(maxsize=256)
-def _candidate_etas(schedule: tuple, steps: int, lr_mult: float) -> np.ndarray:
-    """eta traces (rows) for every candidate warmdown fraction of one schedule; shared by all cells."""
+def _candidate_etas(schedule: tuple, steps: int, lr_mult: float, fractions: tuple = CANDIDATE_FRACTIONS) -> np.ndarray:
+    """eta traces (rows, warmup at peak) for candidate warmdown fractions of one schedule; shared by all cells."""
     base = ScheduleConfig(*schedule)
-    rows = [_trace(dataclasses.astuple(dataclasses.replace(base, warmdown=float(f))), steps) for f in CANDIDATE_FRACTIONS]
+    rows = [_trace(dataclasses.astuple(dataclasses.replace(base, warmdown=float(f))), steps) for f in fractions]
     return np.array([_peak_warmup(r * lr_mult, base.warmup_steps, lr_mult) for r in rows])
+
+
+def candidate_etas(schedule: ScheduleConfig, steps: int, lr_mult: float = 1.0, fractions=CANDIDATE_FRACTIONS) -> np.ndarray:
+    """Traces of `schedule` at each warmdown fraction, warmup at peak (this law's convention)."""
+    return _candidate_etas(dataclasses.astuple(schedule), steps, lr_mult, tuple(float(f) for f in fractions))
 
 
 def predicted_final(params: dict, lam: float, etas: np.ndarray) -> np.ndarray:
@@ -312,6 +361,44 @@ class CellLaw:
     candidates: list[float] = field(default_factory=list)
     candidate_final: dict[float, list[float]] = field(default_factory=dict)
     note: str = ""
+    lambdas: tuple[float, ...] = ()
+    """The lambda grid the law was fitted on (scaled_lambdas of the run length unless given)."""
+    mpl: object | None = None
+    """The Multi-Power Law's fit on the same curves (multipower_law.MPLFit; None: not fitted)."""
+    mpl_candidate_final: list[float] = field(default_factory=list)
+    mpl_optimum: float | None = None
+    heldout_error: dict[str, float] = field(default_factory=dict)
+    """law ('tissue', 'mpl') -> mean |predicted - observed| / observed of the held-out curves' final loss."""
+    law_used: str = "tissue"
+    """The law whose predicted optimum the cell reports: the one with the smaller held-out error
+    (Tissue's, the simpler, when there is no held-out curve to judge by)."""
+
+    @property
+    def column(self) -> str:
+        """The loss column the curves come from ('mixed' if they differ)."""
+        cols = {c.column for c in self.curves}
+        return cols.pop() if len(cols) == 1 else "mixed" if cols else ""
+
+    @property
+    def predicted_optimum(self) -> float | None:
+        """The predicted optimal warmdown of the law used (None: not predicted)."""
+        if self.law_used == "mpl" and self.mpl_optimum is not None:
+            return self.mpl_optimum
+        return self.chosen.get("predicted_optimum")
+
+    @property
+    def edge_flags(self) -> list[str]:
+        """Why a prediction may lie outside what was asked: an optimum at warmdown 0 or 1 (the edge of
+        the candidate grid: the law prefers an extreme it may not describe), or the chosen lambda at
+        the edge of its grid (the best lambda may lie beyond it)."""
+        flags = []
+        opt = self.predicted_optimum
+        if opt is not None and opt in (CANDIDATE_FRACTIONS[0], CANDIDATE_FRACTIONS[-1]):
+            flags.append(f"optimum at the edge of the candidate grid (warmdown {opt:g})")
+        grid = sorted(self.lambdas or self.fits)
+        if len(grid) > 1 and self.best_lam in (grid[0], grid[-1]):
+            flags.append(f"best λ {self.best_lam:g} at the edge of the λ grid ({grid[0]:g}-{grid[-1]:g})")
+        return flags
 
     @property
     def best(self) -> Fit | None:
@@ -357,6 +444,10 @@ class CellLaw:
             "lambda_sensitivity": self.by_lambda,
             "empirical_optimal_warmdown": self.empirical_optimum,
             "predicted_optimum_undetermined": self.undetermined or None,
+            "loss_column": self.column, "lambda_grid": list(self.lambdas),
+            "multipower_law": ({**self.mpl.to_json(), "predicted_optimum": self.mpl_optimum} if self.mpl else None),
+            "heldout_final_error": self.heldout_error, "law_used": self.law_used,
+            "predicted_optimum": self.predicted_optimum, "edge_flags": self.edge_flags,
             "note": self.note,
         }
 
@@ -370,14 +461,50 @@ def default_fit_warmdowns(warmdowns: list[float]) -> list[float]:
     return w[:1]
 
 
+def heldout_final_error(final: list[tuple[float, float]]) -> float:
+    """Mean |predicted - observed| / observed over (predicted, observed) final losses (NaN: none)."""
+    return float(np.mean([abs(p - o) / o for p, o in final])) if final else math.nan
+
+
+def _tissue_final(curve: Curve, params: dict, lam: float) -> float:
+    """Tissue's law at the curve's last finite point."""
+    k, _ = curve.final_point()
+    s1, s2 = areas(curve.trace.eta, lam)
+    return float(law(params, s1[k], s2[k]))
+
+
+def _fit_mpl(out: CellLaw, fit_curves: list[Curve], held: list[Curve], schedule, steps: int, lr_mult: float,
+             can_predict_optimum: bool) -> None:
+    """The Multi-Power Law on the same fit curves: its held-out error and predicted optimum."""
+    from qat_lab.analysis import multipower_law as mpl  # imports this module: a late import
+
+    try:
+        out.mpl = mpl.fit_mpl(fit_curves, **MPL_OPTIONS)
+    except ValueError as e:  # too few points; the cell keeps Tissue's law
+        out.note += f"{'; ' if out.note else ''}Multi-Power Law not fitted: {e}"
+        return
+    finals = []
+    for c in held:
+        eta, w = mpl.mpl_trace(c.trace)
+        k, obs = c.final_point()
+        finals.append((float(mpl.law_curve(out.mpl.params, eta, w, [k])[0]), obs))
+    out.heldout_error["mpl"] = heldout_final_error(finals)
+    if can_predict_optimum:
+        out.mpl_optimum, final = mpl.predicted_optimum(out.mpl.params, schedule, steps, lr_mult)
+        out.mpl_candidate_final = final.tolist()
+
+
 def fit_cell(cell: str, curves: list[Curve], schedule: ScheduleConfig | None, steps: int, lr_mult: float,
              empirical_optimum: float | None, fit_warmdowns: list[float] | None = None,
-             lambdas=DEFAULT_LAMBDAS) -> CellLaw:
-    """Fit the law on some of a cell's curves, predict the others, at every lambda of the grid."""
+             lambdas=None, with_mpl: bool = True) -> CellLaw:
+    """Fit the law on some of a cell's curves, predict the others, at every lambda of the grid
+    (None: scaled_lambdas(steps)); with_mpl: the Multi-Power Law beside it, and the better of the
+    two on the held-out final losses predicts the optimum."""
+    lambdas = tuple(lambdas) if lambdas else scaled_lambdas(steps)
     wds = [c.warmdown for c in curves]
     chosen = [w for w in (fit_warmdowns if fit_warmdowns else default_fit_warmdowns(wds)) if w in wds]
     out = CellLaw(cell=cell, fit_warmdowns=chosen, heldout_warmdowns=[w for w in wds if w not in chosen],
-                  curves=curves, empirical_optimum=empirical_optimum)
+                  curves=curves, empirical_optimum=empirical_optimum, lambdas=tuple(sorted(lambdas)))
     if not chosen:
         out.note = f"none of the requested fit warmdowns ({fit_warmdowns}) is in this cell"
         return out
@@ -418,31 +545,78 @@ def fit_cell(cell: str, curves: list[Curve], schedule: ScheduleConfig | None, st
             out.candidate_final[lam] = final.tolist()
             row["predicted_optimum"] = float(CANDIDATE_FRACTIONS[int(np.argmin(final))])
         out.by_lambda.append(row)
+    out.heldout_error["tissue"] = heldout_final_error(
+        [(_tissue_final(c, out.best.params, out.best_lam), c.final_point()[1]) for c in held])
+    if with_mpl:
+        _fit_mpl(out, fit_curves, held, schedule, steps, lr_mult, can_predict_optimum)
+        # The better law on what neither saw; a tie or no held-out curve keeps the simpler law.
+        if out.heldout_error.get("mpl", math.nan) < out.heldout_error["tissue"]:
+            out.law_used = "mpl"
+    return out
+
+
+@dataclass
+class RunCurve:
+    """One run's loss curve (before the seed mean): what a bootstrap over seeds resamples."""
+    run_id: str
+    warmdown: float
+    seed: object
+    loss: np.ndarray
+    trace: Trace
+    column: str
+
+
+def run_loss(history: pd.DataFrame, column: str, steps: int) -> np.ndarray | None:
+    """The run's loss by row, or None if incomplete: train_loss at every row 0..T-1; curve_loss
+    (sparse) at rows 0..T, complete when it has its last point, the loss after the last step."""
+    if column == "train_loss":
+        loss = by_step(history, column, steps)
+        return loss if np.isfinite(loss).all() else None
+    loss = by_step(history, column, steps + 1)
+    return loss if np.isfinite(loss[-1]) and np.isfinite(loss).sum() >= 3 else None
+
+
+def cell_runs(runs_in_cell: pd.DataFrame, records: dict[str, dict], history) -> tuple[list[RunCurve], list[str]]:
+    """Every run's loss curve; runs without a complete history (or LR trace) are listed instead.
+
+    One column for the whole cell: curve_loss if every run with a history logged it, else
+    train_loss, so that the curves compared within a cell measure the same thing."""
+    rows = list(zip(runs_in_cell["run_id"].tolist(), runs_in_cell["warmdown"].tolist(), runs_in_cell["steps"].tolist(),
+                    runs_in_cell["seed"].tolist() if "seed" in runs_in_cell else [None] * len(runs_in_cell)))
+    hists = {run_id: history(run_id) for run_id, *_ in rows}
+    have = [h for h in hists.values() if h is not None]
+    column = "curve_loss" if have and all(loss_column(h) == "curve_loss" for h in have) else "train_loss"
+    out, notes, traces = [], [], {}
+    for run_id, wd, steps, seed in rows:
+        hist = hists[run_id]
+        if hist is None or column not in hist:
+            notes.append(f"{run_id}: no history")
+            continue
+        loss = run_loss(hist, column, int(steps))
+        if loss is None:
+            notes.append(f"{run_id}: incomplete {column} history")
+            continue
+        if wd not in traces:  # every seed of one warmdown shares the schedule
+            traces[wd] = lr_trace(records[run_id], hist)
+        if traces[wd] is None:
+            notes.append(f"{run_id} (warmdown {wd:g}): no LR trace (no schedule in its config, no complete lr/ column)")
+            continue
+        out.append(RunCurve(run_id, float(wd), seed, loss, traces[wd], column))
+    return out, notes
+
+
+def mean_curves(runs: list[RunCurve]) -> list[Curve]:
+    """Seed-mean curves per warmdown (a run listed twice, as a bootstrap draws it, counts twice)."""
+    out = []
+    for wd in sorted({r.warmdown for r in runs}):
+        group = [r for r in runs if r.warmdown == wd]
+        out.append(Curve(warmdown=wd, loss=np.mean([r.loss for r in group], axis=0), trace=group[0].trace,
+                         n_seeds=len({r.run_id for r in group}), run_ids=[r.run_id for r in group],
+                         column=group[0].column))
     return out
 
 
 def cell_curves(runs_in_cell: pd.DataFrame, records: dict[str, dict], history) -> tuple[list[Curve], list[str]]:
-    """Seed-mean train-loss curves per warmdown; runs without a complete history are listed."""
-    curves, notes = [], []
-    for wd, g in runs_in_cell.groupby("warmdown", sort=True):
-        losses, ids, trace = [], [], None
-        for run_id, steps in zip(g["run_id"].tolist(), g["steps"].tolist()):
-            hist = history(run_id)
-            rec = records[run_id]
-            if hist is None or "train_loss" not in hist:
-                notes.append(f"{run_id}: no history")
-                continue
-            loss = by_step(hist, "train_loss", int(steps))
-            if not np.isfinite(loss).all():
-                notes.append(f"{run_id}: incomplete train_loss history")
-                continue
-            if trace is None:  # every seed of one warmdown shares the schedule
-                trace = lr_trace(rec, hist)
-            losses.append(loss)
-            ids.append(run_id)
-        if losses and trace is not None:
-            curves.append(Curve(warmdown=float(wd), loss=np.mean(losses, axis=0), trace=trace, n_seeds=len(losses),
-                                run_ids=ids))
-        elif losses:
-            notes.append(f"{ids[0]} (warmdown {wd:g}): no LR trace (no schedule in its config, no complete lr/ column)")
-    return curves, notes
+    """Seed-mean loss curves per warmdown (curve_loss where logged); runs without a complete history are listed."""
+    runs, notes = cell_runs(runs_in_cell, records, history)
+    return mean_curves(runs), notes

@@ -20,8 +20,9 @@ import argparse  # noqa: E402
 import sys  # noqa: E402
 
 DEFAULT_LAMBDAS = (0.9, 0.95, 0.99, 0.995, 0.999)
-"""The annealing law's lambda grid (annealing_law.DEFAULT_LAMBDAS; repeated so that parsing the
-command line does not load numpy before the thread setting above; a test keeps them equal)."""
+"""The annealing law's fallback lambda grid (annealing_law.DEFAULT_LAMBDAS, used when a run length
+is unknown; the default grid is scaled to the run length). Repeated so that parsing the command
+line does not load numpy before the thread setting above; a test keeps them equal."""
 
 PROG = "qatlab-analyze"
 
@@ -50,9 +51,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--anneal-fit-warmdowns", nargs="+", type=float, metavar="F",
                    help="warmdowns whose loss curves the annealing law is fitted on (default: the smallest and "
                         "largest of each cell; the smallest if it has two)")
-    p.add_argument("--anneal-lambdas", nargs="+", type=float, default=list(DEFAULT_LAMBDAS), metavar="L",
-                   help=f"lambda grid of the annealing law (default: {' '.join(map(str, DEFAULT_LAMBDAS))})")
+    p.add_argument("--anneal-lambdas", nargs="+", type=float, default=None, metavar="L",
+                   help="lambda grid of the annealing law (default: scaled to the run length T, "
+                        "lambda = 1 - 1/tau with tau = T x 0.01, 0.03, 0.1, 0.3)")
     p.add_argument("--no-anneal", action="store_true", help="skip the annealing-law fits")
+    p.add_argument("--plan", action="store_true",
+                   help="plan a warmdown sweep from pilot runs (the sweep dirs): predict each cell's optimum with a "
+                        "90%% interval and print the reduced qatlab command that checks it; writes plan.json, plan.md "
+                        "to --out (docs/prediction.md)")
+    p.add_argument("--plan-grid", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.33, 0.5, 0.75], metavar="F",
+                   help="the warmdown grid a full sweep would run (default: 0 0.1 0.2 0.33 0.5 0.75)")
+    p.add_argument("--plan-resamples", type=int, default=30,
+                   help="bootstrap resamples of the pilots' seeds per cell (default 30)")
     p.add_argument("--max-plots", type=int, default=1,
                    help="figures per kind (default 1, each up to 6 panels or 3 annealing cells); "
                         "the tables hold everything")
@@ -74,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give sweep dirs or --wandb ENTITY/PROJECT --group ID (one of the two)")
     if args.wandb and not args.group:
         p.error("--wandb needs --group <sweep-id>")
-    if any(not 0 < lam < 1 for lam in args.anneal_lambdas):
+    if any(not 0 < lam < 1 for lam in args.anneal_lambdas or ()):
         p.error("--anneal-lambdas must lie in (0, 1)")
     if args.max_plots < 0:
         p.error("--max-plots must be >= 0")
@@ -83,11 +93,16 @@ def main(argv: list[str] | None = None) -> None:
 
     from qat_lab.analysis import load, pipeline, report
 
+    if args.plan:
+        _plan(p, args)
+        return
+
     try:
         runset = load.load_wandb(args.wandb, args.group) if args.wandb else load.load_local(args.sweeps)
         options = pipeline.Options(compare=args.compare, holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
                                    anneal_fit_warmdowns=args.anneal_fit_warmdowns,
-                                   anneal_lambdas=tuple(args.anneal_lambdas), max_plots=args.max_plots,
+                                   anneal_lambdas=tuple(args.anneal_lambdas) if args.anneal_lambdas else None,
+                                   max_plots=args.max_plots,
                                    workers=args.workers)
         analysis = pipeline.analyse(runset, options)
     except load.AnalysisInputError as e:
@@ -101,6 +116,26 @@ def main(argv: list[str] | None = None) -> None:
 
         run_id = export(analysis, path.parent, project=args.wandb_project, mode=args.wandb_mode)
         print(f"W&B analysis run {run_id} ({args.wandb_mode})")
+
+
+def _plan(p: argparse.ArgumentParser, args) -> None:
+    """--plan: the pilots -> per-cell predicted optimum, interval, reduced sweep command."""
+    from qat_lab.analysis import load, plan
+
+    if args.wandb:
+        p.error("--plan reads local pilot runs (give their dirs)")
+    if any(not 0 <= w <= 1 for w in args.plan_grid) or len(set(args.plan_grid)) < 2:
+        p.error("--plan-grid needs two or more warmdown fractions in [0, 1]")
+    if args.plan_resamples < 0:
+        p.error("--plan-resamples must be >= 0")
+    try:
+        runset = load.load_local(args.sweeps)
+        plans, notes = plan.plan(runset, args.plan_grid, args.plan_resamples,
+                                 tuple(args.anneal_lambdas) if args.anneal_lambdas else None)
+    except load.AnalysisInputError as e:
+        p.error(str(e))
+    print(plan.render(plans, notes), end="")
+    print(f"-> {plan.write(plans, notes, args.out)}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ class Options:
     anneal: bool = True
     anneal_fit_warmdowns: list[float] | None = None
     """Warmdowns whose curves the annealing law is fitted on (default: see annealing_law.default_fit_warmdowns)."""
-    anneal_lambdas: tuple[float, ...] = annealing_law.DEFAULT_LAMBDAS
+    anneal_lambdas: tuple[float, ...] | None = None
+    """The annealing law's lambda grid; None: scaled to each cell's run length (annealing_law.scaled_lambdas)."""
     workers: int | None = None
     """Processes for the annealing fits and the figures; None = the available cores (at most 8).
     W&B run sets use one: their histories are fetched over the network, once, in this process."""

@@ -465,16 +465,27 @@ def section_grid(a: Analysis, figs: dict) -> list[str]:
     return out
 
 
+def pct(x: float | None) -> str:
+    """A relative error as a percentage ('-' when there is none)."""
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.2f}%"
+
+
 def section_annealing(a: Analysis, figs: dict) -> list[str]:
     out = ["## 7. LR-annealing scaling law", ""]
     if not a.options.anneal:
         return out + ["Skipped (--no-anneal).", ""]
-    out.append("L(s) = L0 + A S1^-α - C S2 (Tissue et al. 2024) per cell, on the seed-mean train-loss curve of each "
-               "warmdown; S1, S2 from the LR multiplier of every optimiser step (warmup at peak), fitted on post-warmup "
+    columns = sorted({cl.column for cl in a.cell_laws if cl.column})
+    out.append("L(s) = L0 + A S1^-α - C S2 (Tissue et al. 2024) per cell, on the seed-mean loss curve of each "
+               f"warmdown ({' / '.join(columns) or 'train_loss'}: curve_loss, the loss on a fixed held-out batch, where "
+               "the runs logged it, else the per-step train_loss); S1, S2 from the LR multiplier of every optimiser "
+               "step (warmup at peak), fitted on post-warmup "
                "points with a Huber loss (δ = 1e-3) on log residuals, L-BFGS-B with parameters ≥ 0 and many starts. "
                "The law is fitted on some warmdowns' curves and predicts the others from their LR traces alone. "
-               "λ (the annealing momentum) is chosen on a grid by the fit objective; the sensitivity table shows "
-               "what each λ would say.")
+               "λ (the annealing momentum) is chosen on a grid by the fit objective (default: scaled to the run "
+               "length T, λ = 1 − 1/τ with τ = T × 0.01, 0.03, 0.1, 0.3); the sensitivity table shows "
+               "what each λ would say. The Multi-Power Law (Luo et al. 2025) is fitted on the same curves; each law's "
+               "held-out error is the mean |predicted − observed| / observed final loss of the curves it did not see, "
+               "and the better law predicts the cell's optimum ('law used'; Tissue's without a held-out curve).")
     if a.key != "warmdown":
         out.append("The law is about warmdowns whatever --compare is: its cells are every key but warmdown and the "
                    "seed.")
@@ -491,7 +502,7 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
         status += f" ({b.n_converged}/{b.n_starts} starts)"
         if b.at_bound:
             status += f"; {', '.join(b.at_bound)} at bound 0"
-        predicted = fmt_value(row.get("predicted_optimum", "-"))
+        predicted = fmt_value(cl.predicted_optimum if cl.predicted_optimum is not None else "-")
         tested = fmt_value(row["predicted_optimum_among_tested"])
         if cl.undetermined:
             predicted, tested = f"*undetermined* ({predicted})", f"*undetermined* ({tested})"
@@ -502,8 +513,18 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
                      f"{num(row['heldout']['r2'], 3)} / {num(row['heldout']['mae'], 4)}",
                      predicted, tested, fmt_value(cl.empirical_optimum) if cl.empirical_optimum is not None else "-",
                      str(min(c.n_seeds for c in cl.curves)), status])
+        err = cl.heldout_error
+        rows[-1][7:7] = [f"{pct(err.get('tissue'))} / {pct(err.get('mpl'))}", cl.law_used]
+        rows[-1].append("; ".join(cl.edge_flags) or "-")
     out += [md_table(["cell", "fit on wd", "predicted wd", "L0, A, α, C", "λ", "fit R² / MAE", "held-out R² / MAE",
-                      "predicted optimum", "predicted (tested wd)", "empirical optimum", "seeds", "optimizer"], rows), ""]
+                      "held-out final error Tissue / MPL", "law used", "predicted optimum", "predicted (tested wd)",
+                      "empirical optimum", "seeds", "optimizer", "flags"], rows), ""]
+    edged = [cl for cl in fits if cl.edge_flags]
+    if edged:
+        out.append(f"**At the edge** in {len(edged)} of {len(fits)} cell(s) (flags column): an optimum at warmdown 0 "
+                   "or 1 lies at the end of what the law was asked (the law may not describe schedules that "
+                   "extreme); a best λ at the end of its grid may lie beyond it (widen --anneal-lambdas).")
+        out.append("")
     undetermined = [cl for cl in fits if cl.undetermined]
     if undetermined:
         out.append(f"**Predicted optimum undetermined** in {len(undetermined)} of {len(fits)} cell(s): the fit is "
@@ -528,12 +549,6 @@ def section_annealing(a: Analysis, figs: dict) -> list[str]:
                              fmt_value(r.get("predicted_optimum", "-")), f"{r['params']['C']:.3g}"])
     head = ["cell", "λ", "fit objective", "held-out R²", "held-out MAE", "predicted optimum", "C"]
     out += [md_table(head, lam_rows), ""]
-    grid = a.options.anneal_lambdas
-    edge = [cl for cl in fits if len(grid) > 1 and cl.best_lam in (min(grid), max(grid))]
-    if edge:
-        out.append(f"The chosen λ is at the edge of the grid in {len(edge)} of {len(fits)} cell(s): the best λ may lie "
-                   "outside it (widen --anneal-lambdas).")
-        out.append("")
     spread = [cl for cl in fits if len({r.get("predicted_optimum") for r in cl.by_lambda}) > 1]
     if spread:
         out.append(f"The predicted optimum changes with λ in {len(spread)} of {len(fits)} cell(s): read it with that "
@@ -628,7 +643,8 @@ def fits_json(a: Analysis) -> dict:
         "interaction_warmdown": a.by_warmdown.interaction if a.by_warmdown not in (None, a.along) else None,
         "claims": a.claims,
         "options": {"compare": a.key, "law_points": a.options.law_points, "holdout": a.options.holdout,
-                    "holdout_sizes": sorted(a.holdout_sizes), "anneal_lambdas": list(a.options.anneal_lambdas),
+                    "holdout_sizes": sorted(a.holdout_sizes), "anneal_lambdas": (list(a.options.anneal_lambdas) if a.options.anneal_lambdas
+                                                       else "scaled to the run length"),
                     "anneal_fit_warmdowns": a.options.anneal_fit_warmdowns},
     })
 

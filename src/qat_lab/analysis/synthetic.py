@@ -55,6 +55,10 @@ class Planted:
     anneal_lambda: float = 0.99
     curve_noise: float = 0.0
     """Relative noise on each train-loss point (0: curves exactly on the law)."""
+    curve_every: int = 0
+    """> 0: also log curve_loss (the law at that row, with curve_noise / 10: one fixed batch has no
+    batch-to-batch noise) every curve_every steps, at warmdown start and after the last step, as
+    runs do; 0: no curve_loss column (an older record)."""
     status: dict[tuple, str] = field(default_factory=dict)
     """(bits, model, warmdown, seed) -> a status other than completed, to plant failures."""
     extra: dict[str, tuple] = field(default_factory=dict)
@@ -145,16 +149,23 @@ def _metrics_csv(p: Planted, wd: float, lr: float, bits: int, size: float, val_l
     eta = np.asarray(sched.trace(p.steps)) * lr
     s1, s2 = annealing_law.areas(eta, p.anneal_lambda)
     # The planted law, shifted by the penalty so bit-widths differ in level (the shape is the law's).
-    loss = annealing_law.law(p.anneal, s1[1:p.steps], s2[1:p.steps]) + p.penalty_of(bits, size)
-    loss = loss * np.exp(rng.normal(0.0, p.curve_noise, len(loss))) if p.curve_noise else loss
+    exact = annealing_law.law(p.anneal, s1[1:], s2[1:]) + p.penalty_of(bits, size)  # rows 1..T
+    loss = exact[:-1] * np.exp(rng.normal(0.0, p.curve_noise, p.steps - 1)) if p.curve_noise else exact[:-1]
     loss = np.concatenate([[loss[0] + 1.0], loss])  # step 0 (no update yet) is never fitted
     t0 = sched.warmdown_start(p.steps)
+    curve = {}
+    if p.curve_every:
+        rows = sorted({*range(p.curve_every, p.steps + 1, p.curve_every), t0, p.steps} - {0})
+        noisy = exact[np.array(rows) - 1] * np.exp(rng.normal(0.0, p.curve_noise / 10, len(rows)))
+        curve = dict(zip(rows, noisy.tolist()))
     loss, eta = loss.tolist(), eta.tolist()  # Python floats: repr() is then the shortest exact decimal
-    lines = ["step,train_loss,lr/muon/matrices,lr/adamw/embed,val_loss,val_bpb,grid_distance"]
+    head = "step,train_loss,lr/muon/matrices,lr/adamw/embed,val_loss,val_bpb,grid_distance"
+    lines = [head + (",curve_loss" if p.curve_every else "")]
+    tail = (lambda k: f",{curve[k]!r}" if k in curve else ",") if p.curve_every else (lambda k: "")
     for k in range(p.steps):
         grid = "0.2" if k % 25 == 0 or k == t0 else ""
-        lines.append(f"{k},{loss[k]!r},{0.02 * eta[k]!r},{0.05 * eta[k]!r},,,{grid}")
-    lines.append(f"{p.steps},,,,{float(val_loss)!r},{float(val_loss) / math.log(2) * 0.7!r},0.25")
+        lines.append(f"{k},{loss[k]!r},{0.02 * eta[k]!r},{0.05 * eta[k]!r},,,{grid}{tail(k)}")
+    lines.append(f"{p.steps},,,,{float(val_loss)!r},{float(val_loss) / math.log(2) * 0.7!r},0.25{tail(p.steps)}")
     return "\n".join(lines) + "\n"
 
 
@@ -183,7 +194,8 @@ def write_sweep(root: str | Path, p: Planted | None = None, sweep: str = "synthe
                             own = rng.normal(0.0, p.noise_sd) if bits != FP_BITS else 0.0
                             optimum = p.optimum_by_bits.get(bits, p.optimum)
                             curvature = p.curvature_at.get((bits, model), p.curvature)
-                            val = (_base_loss(size) + curvature * math.log(wd / optimum) ** 2
+                            # Warmdown 0 (constant LR) sits one e-fold below the smallest grid value.
+                            val = (_base_loss(size) + curvature * math.log(max(wd, 0.05) / optimum) ** 2
                                    + p.penalty_of(bits, size, model) + p.effect_of(bits, extras) + shared[trained] + own)
                             status = p.status.get((bits, model, wd, seed_), "completed")
                             job = sweep_dir / _job_name(bits, model, wd, lr, seed_, extras)
