@@ -11,7 +11,8 @@ Modules, one job each:
     penalty_law.py    P = a + b ln N by OLS, prediction intervals, hold-out, power law
     grid_ratio.py     weight-to-grid distance ratio QAT / FP16, measured with the same ruler
     annealing_law.py  L = L0 + A S1^-alpha - C S2 fitted on loss curves (Tissue et al. 2024)
-    multipower_law.py the Multi-Power Law (Luo et al. 2025; not yet in the report)
+    multipower_law.py the Multi-Power Law (Luo et al. 2025), fitted beside Tissue's law per cell
+    plan.py           --plan: predicted optimum per cell from pilot runs, interval, reduced sweep command
     scorecard.py      the paper's claims C1-C5: statistic, n, verdict
     arms.py           a QAT-start study's arms per cell: FP16, QAT from init, best late QAT, PTQ RTN/clip/GPTQ
     pipeline.py       all of the above in order -> Analysis
