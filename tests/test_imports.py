@@ -4,6 +4,7 @@ entry points (the CLI's preflight, the records, the configs) never load torch.""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,9 +77,11 @@ def test_data_and_the_launchers_import_only_downwards():
         if module.startswith("qat_lab.data"):
             assert not (graph[module] & (upward | {"qat_lab.config"})), (module, graph[module])
         # The records and the Slurm launcher (it writes records for jobs Slurm killed) never reach
-        # training code; the local launcher runs jobs, so it may.
+        # training code or the config layer (a never-started record is read off the composed
+        # config); the local launcher runs jobs, so it may.
         if module.startswith("qat_lab.records") or module == "hydra_plugins.qat_lab_launchers.slurm":
-            assert not (_reaches(graph, module) & upward), (module, _reaches(graph, module) & upward)
+            reached = _reaches(graph, module) & (upward | {"qat_lab.config"})
+            assert not reached, (module, reached)
 
 
 def test_light_entry_points_do_not_load_torch_or_lightning():
@@ -90,10 +93,22 @@ def test_light_entry_points_do_not_load_torch_or_lightning():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+# A bit-width set into a quant dict by hand: `{**quant, "bits": b}` or `quant["bits"] = b`.
+QUANT_DICT_GETS_BITS = re.compile(r"""\*\*\w*quant\w*\s*,\s*["']bits["']\s*:|\bquant\w*\[["']bits["']\]\s*=""")
+
+
 def test_bits_is_paired_with_the_quantiser_settings_only_in_its_config():
     offenders = []
     for f in SRC.glob("qat_lab/**/*.py"):
         text = f.read_text()
         if "spec.bits" in text or "RunSpec.bits" in text:
             offenders.append(str(f))
+        if f.relative_to(SRC).as_posix() != "qat_lab/quant/config.py" and QUANT_DICT_GETS_BITS.search(text):
+            offenders.append(f"{f}: bits set into a quant dict")
     assert not offenders, offenders
+
+
+def test_the_bits_pairing_pattern_catches_a_hand_made_quant_config():
+    assert QUANT_DICT_GETS_BITS.search('build_dataclass({**quant, "bits": int(bits)}, "quant", QuantConfig)')
+    assert QUANT_DICT_GETS_BITS.search("quant_cfg['bits'] = axes['bits']")
+    assert not QUANT_DICT_GETS_BITS.search('replace(qcfg, bits=b)')  # PTQ at another grid, not a re-pairing

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from qat_lab.errors import RunRecordError
 from qat_lab.records import find_records, read_record
 from qat_lab.records.identity import ANY, extra_axes, penalties, run_identity, shown, usable, why_unpaired
+from qat_lab.validation import is_number
 
 ALWAYS_SHOWN = ("bits", "warmdown")
 LAST_SWEEP: dict[str, Any] = {}
@@ -52,7 +53,7 @@ def _fmt_key(v: Any) -> str:
 
 
 def _sort_key(v: Any) -> tuple:
-    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, repr(v))
+    return (0, v, "") if is_number(v, finite=False) else (1, 0, repr(v))
 
 
 def sweep_table(records: list[dict]) -> str:
@@ -62,9 +63,10 @@ def sweep_table(records: list[dict]) -> str:
     identities = [run_identity(r) for r in records]
     named = [r["axes"] for r in records]
     axis_names = list(dict.fromkeys(k for r in records for k in r["axes"]))
-    # "-" is "not applicable" (qat_start of an FP16 run): it does not make an axis vary.
+    # "-" is "not applicable" (qat_start of an FP16 run) and a missing axis is unknown (the record
+    # of a job killed before it started states only some): neither makes an axis vary.
     varying = [a for a in axis_names if a in ALWAYS_SHOWN
-               or len({repr(r["axes"].get(a)) for r in records if r["axes"].get(a) != "-"}) > 1]
+               or len({repr(r["axes"][a]) for r in records if r["axes"].get(a, "-") != "-"}) > 1]
     extra = extra_axes(identities, named)
 
     def value(i: int, col: str) -> Any:

@@ -20,9 +20,10 @@ from typing import Any, Literal, get_args, get_origin
 from qat_lab.errors import ConfigError, DataError
 
 
-def is_number(value: Any) -> bool:
-    """A real, finite number; bool is not one (`true` as a learning rate is a typo, not 1)."""
-    return not isinstance(value, bool) and isinstance(value, Real) and math.isfinite(value)
+def is_number(value: Any, finite: bool = True) -> bool:
+    """A real number, finite unless `finite=False` (NaN and inf are numbers when ordering table
+    values); bool is not one (`true` as a learning rate is a typo, not 1)."""
+    return not isinstance(value, bool) and isinstance(value, Real) and (not finite or math.isfinite(value))
 
 
 def number(key: str, value: Any) -> float:

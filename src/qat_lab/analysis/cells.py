@@ -16,6 +16,7 @@ import pandas as pd
 from qat_lab.analysis.design import CELL_ID, levels, varying
 from qat_lab.records import identity
 from qat_lab.records.identity import ANY
+from qat_lab.validation import is_number
 
 
 def fmt_value(v) -> str:
@@ -86,8 +87,8 @@ def _sort_column(col: pd.Series) -> pd.Series:
     if col.dtype != object:
         return col
     # Mixed columns (numbers, strings, None, ANY): numbers first in numeric order, then text, ANY last.
-    return col.map(lambda v: (2, 0.0, "") if v is ANY else (0, float(v), "") if isinstance(v, (int, float))
-                   and not isinstance(v, bool) else (1, 0.0, str(v)))
+    return col.map(lambda v: (2, 0.0, "") if v is ANY else (0, float(v), "") if is_number(v, finite=False)
+                   else (1, 0.0, str(v)))
 
 
 def ordered_levels(values: pd.Series) -> list:

@@ -25,6 +25,7 @@ from qat_lab import records as runs
 from qat_lab.errors import RunRecordError
 from qat_lab.records.content import sections_from_summary
 from qat_lab.records.identity import ANY, digest
+from qat_lab.validation import build_dataclass
 
 
 class AnalysisInputError(ValueError):
@@ -226,10 +227,10 @@ def _count_non_embedding(model_json: str) -> int | None:
 
         from qat_lab.models.gpt import GPT, GPTConfig, count_parameters
 
-        fields = {k: v for k, v in json.loads(model_json).items() if k != "_target_"}
+        model = build_dataclass(json.loads(model_json), "model", GPTConfig)
         with torch.device("meta"):
             # Non-embedding counts do not depend on the vocabulary (embedding and head are excluded).
-            return count_parameters(GPT(GPTConfig(**fields), vocab_size=256))["non_embedding"]
+            return count_parameters(GPT(model, vocab_size=256))["non_embedding"]
     except Exception:
         return None
 
@@ -264,21 +265,11 @@ def _results_from_history(history: pd.DataFrame, steps: Any, cfg: dict[str, Any]
     if schedule and steps is not None and "grid_distance" in history:
         from qat_lab.schedules import ScheduleConfig
 
-        schedule.pop("_target_", None)
-        t0 = ScheduleConfig(**schedule).warmdown_start(int(steps))
+        t0 = build_dataclass(schedule, "schedule", ScheduleConfig).warmdown_start(int(steps))
         pre = history.loc[(history["step"] == t0) & history["grid_distance"].notna(), "grid_distance"]
         if t0 < steps and len(pre):
             results["grid_distance_pre_warmdown"] = float(pre.iloc[0])
     return results
-
-
-def _grid_bits(cfg: dict[str, Any], bits: Any) -> int:
-    """The grid a run's distances were measured on (the record's results.grid_bits)."""
-    from qat_lab.quant.config import QuantConfig
-    from qat_lab.validation import build_dataclass
-
-    quant = {k: v for k, v in (cfg.get("quant") or {}).items() if k != "_target_"}
-    return build_dataclass({**quant, "bits": int(bits)}, "quant", QuantConfig).grid_bits
 
 
 def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -302,7 +293,10 @@ def record_from_wandb(run: Any) -> tuple[dict[str, Any], pd.DataFrame]:
     sections = sections_from_summary(summary)
     results = {**_results_from_history(history, axes.get("steps"), cfg), **(sections.get("results") or {})}
     if "grid_bits" not in results and "bits" in axes:
-        results["grid_bits"] = _grid_bits(cfg, axes["bits"])
+        from qat_lab.quant.config import QuantConfig
+
+        # The grid a run's distances were measured on, from its quantiser's settings.
+        results["grid_bits"] = QuantConfig.of_record(cfg, axes).grid_bits
     status = summary.get("status") or WANDB_STATES.get(str(run.state).lower(), "failed")
     loss = results.get("val_loss")
     if status == "completed" and not (isinstance(loss, (int, float)) and math.isfinite(loss)):

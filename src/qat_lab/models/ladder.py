@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 import qat_lab
 from qat_lab.models.gpt import GPT, GPTConfig, count_parameters
+from qat_lab.validation import build_dataclass
 
 COLUMNS = ("name", "d_model", "n_layer", "n_head", "non_embedding", "embedding", "total")
 
@@ -29,10 +30,8 @@ def conf_dir() -> Path:
 
 
 def load_preset(path: Path) -> GPTConfig:
-    """Build the GPTConfig a conf/model/*.yaml file describes (its _target_ is dropped)."""
-    fields = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    fields.pop("_target_", None)
-    return GPTConfig(**fields)
+    """Build the GPTConfig a conf/model/*.yaml file describes."""
+    return build_dataclass(OmegaConf.to_container(OmegaConf.load(path), resolve=True), "model", GPTConfig)
 
 
 def ladder_table(vocab_size: int = 256) -> list[dict]:

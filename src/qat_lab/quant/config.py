@@ -78,6 +78,19 @@ class QuantConfig:
             raise ConfigError(f"{key}={self.start or self.start_lr_below:g} has no effect at bits=16 (nothing is "
                               "fake-quantised): leave it unset for the FP16 baseline")
 
+    @classmethod
+    def of_record(cls, config: dict, axes: dict) -> QuantConfig:
+        """The quantiser a run record describes: its resolved `config`'s quant group.
+
+        Records carry the bit-width as quant.bits. Records written before the quant group read
+        `${bits}` (the first qatlab) hold it only as the `bits` axis: this is the one place that
+        pairs that axis with the quantiser's settings, and only when quant.bits is missing.
+        """
+        quant = dict(config.get("quant") or {})
+        if "bits" not in quant:
+            quant["bits"] = axes["bits"]
+        return v.build_dataclass(quant, "quant", cls)
+
     @property
     def quantised(self) -> bool:
         """False for the FP16 baseline."""

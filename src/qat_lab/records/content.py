@@ -42,43 +42,74 @@ def job_identity(job_dir: Path, sweep_dir: Path, override_dirname: str, job_num:
 def wandb_mode(spec) -> str:
     """The W&B mode a run really uses: 'disabled' (no logger, no files) for logger=none,
     logger.mode=disabled, or WANDB_MODE=disabled / WANDB_DISABLED=true in the environment."""
+    return _wandb_mode(spec.logger.backend, spec.logger.mode)
+
+
+def _wandb_mode(backend: str | None, mode: str | None) -> str | None:
     env = os.environ.get("WANDB_MODE", "").lower()
-    if spec.logger.backend == "none" or env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in (
+    if backend == "none" or env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in (
             "true", "1", "yes"):
         return "disabled"
-    return spec.logger.mode
+    return mode
 
 
 def new_record(spec, ident: dict[str, Any], cfg: DictConfig) -> dict[str, Any]:
     """The `running` record of a job about to train (`spec`: its validated qat_lab.config.RunSpec)."""
+    return _running_record(spec.axes(), ident, OmegaConf.to_container(cfg, resolve=True), wandb_mode(spec),
+                           spec.logger.project)
+
+
+def never_started_record(cfg: DictConfig, ident: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The record of a job that was killed before it could write one (e.g. by Slurm).
+
+    It is read off the composed config alone: the launcher that writes it never validates a
+    config into a RunSpec (that would pull the whole config layer into the Slurm plugin), and the
+    full resolved config is in the record anyway.
+    """
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger = config.get("logger") or {}
+    record = _running_record(_configured_axes(config), ident, config,
+                             _wandb_mode(logger.get("backend"), logger.get("mode")), logger.get("project"))
+    record.update(status="failed", error=reason, finished_at=now())
+    return record
+
+
+def _configured_axes(config: dict[str, Any]) -> dict[str, Any]:
+    """The named axes a composed config states as plain values (see RunSpec.axes for all of them).
+
+    The labels a RunSpec derives from several settings (schedule, data, tokenizer, qat_start) are
+    left out rather than guessed, and so is `steps` when a token budget sets the length; the
+    sweep table shows a missing axis as "-".
+    """
+    group = {name: config.get(name) or {} for name in ("model", "optim", "trainer", "data")}
+    axes = {"bits": config.get("bits"), "warmdown": config.get("warmdown"), "lr_mult": config.get("lr_mult"),
+            "model": group["model"].get("name"), "optim": group["optim"].get("name"), "seed": config.get("seed"),
+            "seq_len": group["data"].get("seq_len"), "batch_size": group["data"].get("batch_size")}
+    if group["trainer"].get("tokens_per_param") is None:
+        axes["steps"] = group["trainer"].get("steps")
+    return axes
+
+
+def _running_record(axes: dict[str, Any], ident: dict[str, Any], config: dict[str, Any], mode: str | None,
+                    project: str | None) -> dict[str, Any]:
     git = git_state()
     return {
         "schema_version": SCHEMA_VERSION,
         "status": "running",
         "sweep_id": ident["sweep_id"], "job_name": ident["job_name"], "job_num": ident["job_num"],
         "job_dir": ident["job_dir"],
-        "axes": spec.axes(),
+        "axes": axes,
         "results": {},
         "params": {}, "tokens": {}, "timing": {}, "data": {},
         "env": {**versions(), "git_sha": git["sha"], "git_dirty": git["dirty"]},
-        "wandb": {"id": None, "mode": wandb_mode(spec), "project": spec.logger.project, "group": ident["sweep_id"],
-                  "name": ident["job_name"]},
+        "wandb": {"id": None, "mode": mode, "project": project, "group": ident["sweep_id"], "name": ident["job_name"]},
         "history_file": HISTORY_NAME,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": config,
         "started_at": now(), "finished_at": None, "error": None, "diverged_at_step": None, "divergence": None,
         "resumed_from_step": None,
         "slurm": {k: os.environ.get(f"SLURM_{k.upper()}") for k in ("job_id", "array_job_id", "array_task_id",
                                                                       "restart_count", "job_nodelist")},
     }
-
-
-def never_started_record(cfg: DictConfig, ident: dict[str, Any], reason: str) -> dict[str, Any]:
-    """The record of a job that was killed before it could write one (e.g. by Slurm)."""
-    from qat_lab.config import build_spec
-
-    record = new_record(build_spec(cfg), ident, cfg)
-    record.update(status="failed", error=reason, finished_at=now())
-    return record
 
 
 @functools.cache
