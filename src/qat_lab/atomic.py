@@ -6,6 +6,9 @@ survives a power cut. A reader therefore sees the old file or the new one, never
 and a writer that fails (a full disk, a serialisation error, a signal) leaves the old file and no
 temp file behind.
 
+A folder of files that belong together (a token cache) is built the same way by atomic_dir:
+filled under a temp name, every file fsynced, renamed into place whole.
+
 Files are created with mode 0666 minus the umask (0644 under the usual 022), not the 0600 of
 tempfile.mkstemp: run records, histories and caches on a shared filesystem must be readable by
 the colleague who analyses them.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -63,3 +67,34 @@ def atomic_write(path: str | Path, data: bytes | str, fsync: bool = True) -> Pat
     with atomic_output(path, fsync) as tmp, open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
     return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, fsync: bool = True) -> Iterator[Path]:
+    """Yield a fresh temp folder beside `path` to fill; on a clean exit every file in it is fsynced
+    and the folder is renamed to `path`, so a reader sees all of it or nothing.
+
+    If another writer put a complete `path` in place first, the rename cannot replace it (the
+    folder is not empty): theirs is kept and this copy dropped. The temp folder never outlives
+    the block, whatever happens in it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if fsync:
+            # Deepest first, so each folder is synced after the entries in it.
+            for entry in sorted(tmp.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                _fsync(entry, directory=entry.is_dir())
+            _fsync(tmp, directory=True)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if fsync:
+        _fsync(path.parent, directory=True)

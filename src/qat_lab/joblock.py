@@ -140,6 +140,8 @@ class JobLock:
                            "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n"
 
     def _create(self) -> bool:
+        # Not qat_lab.atomic: taking a lock must fail when one exists, which os.link gives and a
+        # rename (it replaces) does not; a lock cut short by a crash is stale once its heartbeat is.
         tmp = self.path.with_name(f".{LOCK_NAME}.{self.token}")
         tmp.write_text(self._content())
         try:

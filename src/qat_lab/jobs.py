@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from qat_lab import interrupts
+from qat_lab.atomic import atomic_write
 from qat_lab.config import build_spec
 from qat_lab.joblock import JobLock
 from qat_lab.records import SCHEMA_VERSION, completed_record, job_identity, new_record, now, write_record
@@ -142,7 +143,7 @@ def _run_locked(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, lock: Job
         record.update(status="failed", error=_first_line(e), finished_at=now())
         record["timing"]["wall_s"] = time.perf_counter() - wall
         try:
-            (job_dir / "error.txt").write_text(traceback.format_exc())
+            atomic_write(job_dir / "error.txt", traceback.format_exc())
             where = f"traceback in {job_dir / 'error.txt'}"
         except OSError as write_error:
             where = f"no traceback saved ({_first_line(write_error)})"

@@ -38,6 +38,7 @@ import pandas as pd
 from qat_lab.analysis import annealing_law as al
 from qat_lab.analysis import multipower_law as mpl
 from qat_lab.analysis.cells import CELL_ID
+from qat_lab.atomic import atomic_write
 
 DEFAULT_GRID = (0.0, 0.1, 0.2, 0.33, 0.5, 0.75)
 """The warmdown grid a full sweep would run (the study's)."""
@@ -314,8 +315,6 @@ def write(plans: list[CellPlan], notes: list[str], out: str | Path) -> Path:
     """plan.json and plan.md in `out`; returns plan.md's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "plan.json").write_text(json.dumps({"cells": [p.to_json() for p in plans], "totals": totals(plans),
-                                               "notes": notes}, indent=1, default=str))
-    path = out / "plan.md"
-    path.write_text("# Sweep plan from pilot runs\n\n" + render(plans, notes))
-    return path
+    atomic_write(out / "plan.json", json.dumps({"cells": [p.to_json() for p in plans], "totals": totals(plans),
+                                                "notes": notes}, indent=1, default=str))
+    return atomic_write(out / "plan.md", "# Sweep plan from pilot runs\n\n" + render(plans, notes))

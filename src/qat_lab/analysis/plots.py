@@ -23,8 +23,10 @@ import pandas as pd  # noqa: E402
 from qat_lab.analysis import annealing_law, penalty_law  # noqa: E402
 from qat_lab.analysis.cells import CELL_ID, fmt_value, label, ordered_levels, readable_order  # noqa: E402
 from qat_lab.analysis.design import bit_groups  # noqa: E402
+from qat_lab.atomic import atomic_output  # noqa: E402
 from qat_lab.quant import FP_BITS  # noqa: E402
 from qat_lab.records.identity import ANY  # noqa: E402
+from qat_lab.validation import is_number  # noqa: E402
 
 BITS_COLOURS = {16: "black", 8: "tab:blue", 7: "tab:cyan", 6: "tab:green", 5: "tab:olive", 4: "tab:red",
                 3: "tab:purple", 2: "tab:brown"}
@@ -68,8 +70,12 @@ def _panels(n: int, ncols: int = 3, width: float = 4.6, height: float = 3.4, top
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            # The temp name ends in .tmp: matplotlib must be told the format, not guess it from the name.
+            fig.savefig(tmp, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -101,7 +107,7 @@ def _group_label(values: dict, shown: list[str]) -> str:
 
 
 def _numeric(levels: list) -> bool:
-    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in levels)
+    return all(is_number(v, finite=False) for v in levels)
 
 
 def loss_vs_level(cells: pd.DataFrame, key: str, groups: list[tuple[dict, list[str]]], group_shown: list[str],

@@ -31,6 +31,7 @@ from qat_lab.analysis.design import bit_groups
 from qat_lab.analysis.markdown import figures, image, md_table, mean_sd, num, plain, pval, sig
 from qat_lab.analysis.pipeline import Analysis, merge_problems, with_problems, workers_for
 from qat_lab.analysis.stats import min_sign_p, sign_test_can_reject
+from qat_lab.atomic import atomic_write
 from qat_lab.quant import FP_BITS
 
 MAX_LISTED = 50
@@ -654,12 +655,12 @@ def write_report(a: Analysis, out: str | Path, argv: list[str] | None = None) ->
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figs = make_figures(a, out)
-    a.table.to_csv(out / "runs.csv", index=False)
-    a.cells.to_csv(out / "cells.csv", index=False)
-    a.comparisons.to_csv(out / "comparisons.csv", index=False)
+    _write_csv(a.table, out / "runs.csv")
+    _write_csv(a.cells, out / "cells.csv")
+    _write_csv(a.comparisons, out / "comparisons.csv")
     if len(a.coverage.missing):
-        a.coverage.missing.to_csv(out / "missing.csv", index=False)
-    (out / "fits.json").write_text(json.dumps(fits_json(a), indent=1, allow_nan=False) + "\n")
+        _write_csv(a.coverage.missing, out / "missing.csv")
+    atomic_write(out / "fits.json", json.dumps(fits_json(a), indent=1, allow_nan=False) + "\n")
     try:
         version = metadata.version("qat_lab")
     except metadata.PackageNotFoundError:
@@ -675,9 +676,12 @@ def write_report(a: Analysis, out: str | Path, argv: list[str] | None = None) ->
             + section_grid(a, figs) + section_annealing(a, figs) + section_claims(a)
             + arms.section(a.table, a.varying, a.by_warmdown.interaction if a.by_warmdown else [], number=9))
     if arms.applies(a.table):
-        arms.arms_frame(arms.cell_arms(a.table, a.varying)).to_csv(out / "arms.csv", index=False)
+        _write_csv(arms.arms_frame(arms.cell_arms(a.table, a.varying)), out / "arms.csv")
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in a.seconds.items())
     body += ["---", f"Analysis time: {timing}.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(body))
-    return path
+    return atomic_write(out / "report.md", "\n".join(body))
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    # to_csv without a path returns the text it would have written (same terminator, UTF-8 here).
+    atomic_write(path, frame.to_csv(index=False))

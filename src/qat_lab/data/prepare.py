@@ -22,14 +22,12 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from qat_lab.atomic import atomic_write
+from qat_lab.atomic import atomic_dir, atomic_write
 from qat_lab.data import bpe, hf
 from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import DOCUMENT_SEPARATOR, Corpus, load_corpus
@@ -226,8 +224,9 @@ def _write_json(path: Path, obj) -> None:
 def cached_token_shards(source: Source, tokenizer, val_fraction: float, cache: Path) -> tuple[Path, dict]:
     """The token shards of (source, tokenizer, split) under cache/tokens/<key>/, built if absent.
 
-    Built in a private temp dir and renamed into place, so concurrent jobs never read a half-written
-    cache (if two build it at once, the second rename loses and its copy is deleted).
+    Built in a private temp dir and renamed into place with every file fsynced (atomic_dir), so
+    concurrent jobs never read a half-written cache, nor one that a power cut left half on disk (if
+    two build it at once, the second rename loses and its copy is deleted).
     """
     key = bpe.cache_key(recipe=ENCODE_RECIPE, corpus=source.fingerprint, val_fraction=val_fraction,
                         tokenizer=getattr(tokenizer, "sha256", None) or tokenizer.name)
@@ -235,17 +234,8 @@ def cached_token_shards(source: Source, tokenizer, val_fraction: float, cache: P
     meta_file = final / "meta.json"
     if meta_file.is_file():
         return final, json.loads(meta_file.read_text())
-    tmp = cache / "tokens" / f".{key}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    try:
-        meta = write_token_shards(source, tokenizer, tmp, val_fraction)
-        _write_json(tmp / "meta.json", meta)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not meta_file.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(final) as tmp:
+        _write_json(tmp / "meta.json", write_token_shards(source, tokenizer, tmp, val_fraction))
     return final, json.loads(meta_file.read_text())
 
 
