@@ -79,13 +79,13 @@ def _batches(spec, n: int, device: str, seed: int = 0):
 def _train(spec, batches, device: str, autocast: bool, compiled: bool, seed: int = 0):
     """(losses, seconds per step after the first `len(batches) // 5` steps) of a bare Muon loop."""
     from qat_lab.models.gpt import GPT, lm_loss
-    from qat_lab.optim import apply_step_hparams, build_optimizers
+    from qat_lab.optim import apply_step_hparams, build_optimisers
     from qat_lab.quant import apply_qat
 
     torch.manual_seed(seed)
     model = GPT(spec.model, 256).to(device)
     apply_qat(model, spec.quant)
-    opts = build_optimizers(model, spec.optim, spec.lr_mult)
+    opts = build_optimisers(model, spec.optim, spec.lr_mult)
     if compiled:
         model.compile()
     warm = max(1, len(batches) // 5)

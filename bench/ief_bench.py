@@ -87,7 +87,7 @@ class Loop:
 
     def __init__(self, spec, vocab_size: int):
         from qat_lab.models.gpt import GPT
-        from qat_lab.optim import build_optimizers
+        from qat_lab.optim import build_optimisers
         from qat_lab.quant import apply_qat
 
         torch.manual_seed(spec.seed)
@@ -95,7 +95,7 @@ class Loop:
         self.model = GPT(spec.model, vocab_size)
         apply_qat(self.model, spec.quant)
         self.model.train()
-        self.opts = build_optimizers(self.model, spec.optim, spec.lr_mult)
+        self.opts = build_optimisers(self.model, spec.optim, spec.lr_mult)
         self.t = 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:

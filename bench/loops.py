@@ -3,7 +3,7 @@ machine's fp32 matmul peak, and the periodic evaluation callbacks.
 
 Both loops train the same model (same preset, same seed, so the same initial weights) on the same
 batches (the project's LMDataModule, iterated from step 0), with the same optimisers
-(build_optimizers) and the same per-step hyperparameters (apply_step_hparams with the run's
+(build_optimisers) and the same per-step hyperparameters (apply_step_hparams with the run's
 schedule). Each run does `warmup` untimed steps followed by `steps` timed ones; a run returns the
 wall time of the timed window only, so model/Trainer construction and first-step allocations are
 excluded.
@@ -29,7 +29,7 @@ from qat_lab.data import LMDataModule
 from qat_lab.evaluation import mean_loss, strong_ptq
 from qat_lab.models.gpt import GPT, lm_loss
 from qat_lab.module import QATLanguageModel
-from qat_lab.optim import apply_step_hparams, build_optimizers
+from qat_lab.optim import apply_step_hparams, build_optimisers
 from qat_lab.quant import apply_qat, grid_distance
 from qat_lab.train import make_monitor, make_trainer
 
@@ -99,7 +99,7 @@ def bare_loop(spec: RunSpec, data: LMDataModule, warmup: int, steps: int) -> Tim
     model = GPT(spec.model, data.vocab_size)
     apply_qat(model, spec.quant)
     model.train()
-    optimizers = build_optimizers(model, spec.optim, spec.lr_mult)
+    optimisers = build_optimisers(model, spec.optim, spec.lr_mult)
     clip = spec.trainer.grad_clip
 
     start = None
@@ -107,15 +107,15 @@ def bare_loop(spec: RunSpec, data: LMDataModule, warmup: int, steps: int) -> Tim
     for step, (x, y) in enumerate(_loader(data, warmup + steps)):
         if step == warmup:
             start = time.perf_counter()
-        apply_step_hparams(optimizers, step, spec.schedule.multiplier(step, spec.trainer.steps))
+        apply_step_hparams(optimisers, step, spec.schedule.multiplier(step, spec.trainer.steps))
         loss = lm_loss(model(x), y)
         loss.backward()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         t_opt = time.perf_counter()
-        for opt in optimizers:
+        for opt in optimisers:
             opt.step()
-        for opt in optimizers:
+        for opt in optimisers:
             opt.zero_grad(set_to_none=True)
         if step >= warmup:
             optimizer_s += time.perf_counter() - t_opt

@@ -326,7 +326,7 @@ def markdown_report(res: dict, args: argparse.Namespace, argv: list[str]) -> str
         "",
         "- **Runs.** Each variant is a fresh model (same seed, so the same initial weights) trained on",
         "  the same batches (the project's LMDataModule from step 0) with the same optimisers",
-        "  (`build_optimizers`) and per-step hyperparameters (`apply_step_hparams`, the run's schedule).",
+        "  (`build_optimisers`) and per-step hyperparameters (`apply_step_hparams`, the run's schedule).",
         "  The first `--warmup` steps are not timed; the next `--steps` are timed with",
         "  `time.perf_counter`. Repeats are interleaved across variants; each figure is the median over",
         "  repeats, with the min-max spread in brackets. torch's thread count is left at its default.",

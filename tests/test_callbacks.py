@@ -140,7 +140,7 @@ def _run_tiny_job(job_dir: Path, overrides: list[str]):
         saves.append({"step": pl_module.step, "history_on_disk": on_disk,
                       "file": torch.load(m.checkpointer.path, map_location="cpu", weights_only=True),
                       "model": copy.deepcopy(pl_module.model.state_dict()),
-                      "optimizers": copy.deepcopy([o.state_dict() for o in pl_module.raw_optimizers])})
+                      "optimisers": copy.deepcopy([o.state_dict() for o in pl_module.raw_optimisers])})
 
     spy(m.checkpointer, "save", after=after_save)
 
@@ -278,10 +278,10 @@ def test_checkpoints_hold_the_live_state_after_a_durable_history(run):
         state, step = s["file"], s["step"]
         assert state["format"] == FORMAT and state["step"] == step
         assert s["history_on_disk"] == list(range(step))  # rows 0..step-1, on disk before the save
-        assert same(state["model"], s["model"]) and same(state["optimizers"], s["optimizers"])
+        assert same(state["model"], s["model"]) and same(state["optimisers"], s["optimisers"])
         assert same(state["model"], run.recorder.entering[step][0])  # the weights entering step `step`
         assert state["qat_on"] == (step - 1 >= QAT_START)  # update step-1's fake-quantisation state
-        assert state["optimizers"][0]["state"]  # a real optimiser state, not an empty one
+        assert state["optimisers"][0]["state"]  # a real optimiser state, not an empty one
     # The last one is on disk and passes load_checkpoint (weights_only=True, fingerprint, step range).
     last = run.saves[-1]
     state, note = load_checkpoint(run.job.job_dir, run.job.monitor.checkpointer.fingerprint, STEPS)

@@ -19,7 +19,7 @@ class _Code:
 
 def _state(step=4, fingerprint="abc"):
     return {"format": FORMAT, "fingerprint": fingerprint, "step": step, "model": {"w": torch.ones(2)},
-            "optimizers": [], "torch_rng": torch.get_rng_state(), "grid_pre_warmdown": None}
+            "optimisers": [], "torch_rng": torch.get_rng_state(), "grid_pre_warmdown": None}
 
 
 def test_a_good_checkpoint_loads(tmp_path):

@@ -18,7 +18,7 @@ from qat_lab.optim import (
     IEFConfig,
     NaturalGradient,
     apply_step_hparams,
-    build_optimizers,
+    build_optimisers,
     param_group_names,
 )
 from qat_lab.optim.config import IEF_DEFAULT_LR
@@ -74,7 +74,7 @@ def named(model: GPT) -> dict[str, torch.nn.Parameter]:
 
 
 def natural(model: GPT, lr_mult: float = 1.0, **kw) -> NaturalGradient:
-    (opt,) = build_optimizers(model, IEFConfig(**kw), lr_mult)
+    (opt,) = build_optimisers(model, IEFConfig(**kw), lr_mult)
     assert isinstance(opt, NaturalGradient) and opt.needs_batch
     return opt
 
@@ -255,7 +255,7 @@ def test_normalised_step_has_length_lr_and_clip_caps_it():
 
 def test_groups_and_registry():
     for mode in ("ief", "ef", "sf"):
-        opts = build_optimizers(tiny(tie=False), IEFConfig(name=mode, lr=0.2), 3.0)
+        opts = build_optimisers(tiny(tie=False), IEFConfig(name=mode, lr=0.2), 3.0)
         assert param_group_names(opts) == [f"{mode}/all"]
         g = opts[0].param_groups[0]
         assert g["base_lr"] == pytest.approx(0.6) and g["lr"] == pytest.approx(0.6)

@@ -105,7 +105,7 @@ def test_a_resume_that_crosses_the_start_switches_at_the_same_step(tmp_path, mon
 
 def test_the_switch_reaches_iefs_per_sample_gradients():
     """vmap over functional_call reads the qat_on buffer: off, the step is the unquantised model's."""
-    from qat_lab.optim import IEFConfig, build_optimizers
+    from qat_lab.optim import IEFConfig, build_optimisers
 
     def step(bits, on):
         torch.manual_seed(0)
@@ -119,7 +119,7 @@ def test_the_switch_reaches_iefs_per_sample_gradients():
             set_qat(model, on)
             assert qat_is_on(model) is on
         x = torch.randint(0, 64, (6, 9), generator=torch.Generator().manual_seed(1))
-        opt = build_optimizers(model, IEFConfig(lr=0.1), 1.0)[0]
+        opt = build_optimisers(model, IEFConfig(lr=0.1), 1.0)[0]
         opt.natural_step(x[:, :-1], x[:, 1:])
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qat_lab.optim import MuonConfig, build_optimizers
+from qat_lab.optim import MuonConfig, build_optimisers
 from qat_lab.optim.muon import Muon, orthogonalise, resolve_ns_dtype
 
 
@@ -83,9 +83,9 @@ def test_the_float32_step_differs_from_bfloat16_only_by_the_iterations_rounding(
 def test_config_passes_ns_dtype_to_the_optimiser():
     from tests.test_optim import tiny
 
-    muon = build_optimizers(tiny(), MuonConfig(ns_dtype="bfloat16"), 1.0)[0]
+    muon = build_optimisers(tiny(), MuonConfig(ns_dtype="bfloat16"), 1.0)[0]
     assert isinstance(muon, Muon) and muon.ns_dtype == "bfloat16"
-    assert build_optimizers(tiny(), MuonConfig(), 1.0)[0].ns_dtype == "auto"
+    assert build_optimisers(tiny(), MuonConfig(), 1.0)[0].ns_dtype == "auto"
 
 
 def test_bad_ns_dtype_is_a_config_error():

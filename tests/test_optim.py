@@ -8,7 +8,7 @@ import torch
 
 from qat_lab.errors import ConfigError
 from qat_lab.models.gpt import GPT, GPTConfig, lm_loss
-from qat_lab.optim import AdamWConfig, IEFConfig, MuonConfig, apply_step_hparams, build_optimizers, param_group_names
+from qat_lab.optim import AdamWConfig, IEFConfig, MuonConfig, apply_step_hparams, build_optimisers, param_group_names
 from qat_lab.optim.build import BUILDERS
 from qat_lab.validation import build_dataclass
 from qat_lab.quant import QuantConfig, apply_qat
@@ -21,8 +21,8 @@ def tiny(tie: bool = True) -> GPT:
     return GPT(GPTConfig(d_model=32, n_layer=2, n_head=2, tie_embeddings=tie), VOCAB)
 
 
-def groups(optimizers) -> dict[str, dict]:
-    return {g["group"]: g for opt in optimizers for g in opt.param_groups}
+def groups(optimisers) -> dict[str, dict]:
+    return {g["group"]: g for opt in optimisers for g in opt.param_groups}
 
 
 def batch() -> torch.Tensor:
@@ -42,13 +42,13 @@ def test_one_builder_per_config_class():
     (False, AdamWConfig(), ["adamw/matrices", "adamw/embed", "adamw/head", "adamw/scalars"]),
 ])
 def test_group_names(tie, cfg, expected):
-    assert param_group_names(build_optimizers(tiny(tie), cfg, 1.0)) == expected
+    assert param_group_names(build_optimisers(tiny(tie), cfg, 1.0)) == expected
 
 
 def test_muon_base_lrs_follow_config_and_lr_mult():
     cfg = MuonConfig(matrix_lr=0.03, embed_lr=0.1, head_lr=0.01, scalar_lr=0.05)
     for mult in (1.0, 2.5):
-        g = groups(build_optimizers(tiny(tie=False), cfg, mult))
+        g = groups(build_optimisers(tiny(tie=False), cfg, mult))
         expected = {"muon/matrices": 0.03, "adamw/embed": 0.1, "adamw/head": 0.01, "adamw/scalars": 0.05}
         for name, lr in expected.items():
             assert g[name]["base_lr"] == pytest.approx(lr * mult)
@@ -57,7 +57,7 @@ def test_muon_base_lrs_follow_config_and_lr_mult():
 
 def test_adamw_base_lrs_and_weight_decay():
     cfg = AdamWConfig(lr=1e-3, embed_lr=2e-3, scalar_lr=4e-3, weight_decay=0.1)
-    g = groups(build_optimizers(tiny(tie=False), cfg, 0.5))
+    g = groups(build_optimisers(tiny(tie=False), cfg, 0.5))
     assert g["adamw/matrices"]["base_lr"] == pytest.approx(5e-4)
     assert g["adamw/embed"]["base_lr"] == pytest.approx(1e-3)
     assert g["adamw/head"]["base_lr"] == pytest.approx(1e-3)
@@ -68,40 +68,40 @@ def test_adamw_base_lrs_and_weight_decay():
 
 
 def test_muon_weight_decay_is_the_configured_one_not_torch_default():
-    g = groups(build_optimizers(tiny(), MuonConfig(), 1.0))
+    g = groups(build_optimisers(tiny(), MuonConfig(), 1.0))
     assert g["muon/matrices"]["weight_decay"] == 0.0  # torch.optim.Muon would default to 0.1
     assert g["adamw/scalars"]["weight_decay"] == 0.0
 
 
 def test_apply_step_hparams_scales_every_group():
-    optimizers = build_optimizers(tiny(tie=False), MuonConfig(), 3.0)
-    apply_step_hparams(optimizers, 10, 0.25)
-    for g in groups(optimizers).values():
+    optimisers = build_optimisers(tiny(tie=False), MuonConfig(), 3.0)
+    apply_step_hparams(optimisers, 10, 0.25)
+    for g in groups(optimisers).values():
         assert g["lr"] == pytest.approx(g["base_lr"] * 0.25)
-    apply_step_hparams(optimizers, 11, 0.0)
-    assert all(g["lr"] == 0.0 for g in groups(optimizers).values())
+    apply_step_hparams(optimisers, 11, 0.0)
+    assert all(g["lr"] == 0.0 for g in groups(optimisers).values())
 
 
 # --- momentum warmup ------------------------------------------------------------------------------
 
-def muon_group(optimizers) -> dict:
-    return groups(optimizers)["muon/matrices"]
+def muon_group(optimisers) -> dict:
+    return groups(optimisers)["muon/matrices"]
 
 
 def test_momentum_warmup_is_linear_then_constant():
     cfg = MuonConfig(momentum=0.95, momentum_warmup_start=0.85, momentum_warmup_steps=100)
-    optimizers = build_optimizers(tiny(), cfg, 1.0)
-    assert muon_group(optimizers)["momentum"] == pytest.approx(0.85)  # before the first call
+    optimisers = build_optimisers(tiny(), cfg, 1.0)
+    assert muon_group(optimisers)["momentum"] == pytest.approx(0.85)  # before the first call
     for step, expected in [(0, 0.85), (50, 0.90), (100, 0.95), (500, 0.95)]:
-        apply_step_hparams(optimizers, step, 1.0)
-        assert muon_group(optimizers)["momentum"] == pytest.approx(expected), step
+        apply_step_hparams(optimisers, step, 1.0)
+        assert muon_group(optimisers)["momentum"] == pytest.approx(expected), step
 
 
 def test_no_momentum_warmup_by_default():
-    optimizers = build_optimizers(tiny(), MuonConfig(momentum=0.9), 1.0)
+    optimisers = build_optimisers(tiny(), MuonConfig(momentum=0.9), 1.0)
     for step in (0, 5):
-        apply_step_hparams(optimizers, step, 1.0)
-        assert muon_group(optimizers)["momentum"] == pytest.approx(0.9)
+        apply_step_hparams(optimisers, step, 1.0)
+        assert muon_group(optimisers)["momentum"] == pytest.approx(0.9)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -162,14 +162,14 @@ def test_wrong_config_name_is_rejected():
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_loss_decreases_on_a_fixed_batch(cfg, tie):
     model, x = tiny(tie), batch()
-    optimizers = build_optimizers(model, cfg, 1.0)
+    optimisers = build_optimisers(model, cfg, 1.0)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     losses = []
     for step in range(20):
-        apply_step_hparams(optimizers, step, 1.0)
+        apply_step_hparams(optimisers, step, 1.0)
         loss = lm_loss(model(x[:, :-1]), x[:, 1:])
         loss.backward()
-        for opt in optimizers:
+        for opt in optimisers:
             opt.step()
             opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -183,14 +183,14 @@ def test_loss_decreases_on_a_fixed_batch(cfg, tie):
 def one_step_update(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """Update of blocks[0].mlp.proj after one step, and that weight's gradient."""
     model, x = tiny(), batch()
-    optimizers = build_optimizers(model, cfg, 1.0)
+    optimisers = build_optimisers(model, cfg, 1.0)
     # mlp.proj: its gradient is non-zero at init (the *input* side of a zero-init projection
     # gets a zero gradient), and 64 tokens give a full-rank 32 x 128 gradient.
     w = model.blocks[0].mlp.proj.weight
     w0 = w.detach().clone()
     lm_loss(model(x[:, :-1]), x[:, 1:]).backward()
     grad = w.grad.detach().clone()
-    for opt in optimizers:
+    for opt in optimisers:
         opt.step()
     return w.detach() - w0, grad
 
@@ -217,14 +217,14 @@ def test_adamw_update_is_not_orthogonalised():
 def test_muon_trains_a_qat_model():
     model, x = tiny(), batch()
     apply_qat(model, QuantConfig(bits=4))
-    optimizers = build_optimizers(model, MuonConfig(), 1.0)
-    assert groups(optimizers)["muon/matrices"]["param_names"][0].startswith("blocks.")
+    optimisers = build_optimisers(model, MuonConfig(), 1.0)
+    assert groups(optimisers)["muon/matrices"]["param_names"][0].startswith("blocks.")
     losses = []
     for step in range(8):
-        apply_step_hparams(optimizers, step, 1.0)
+        apply_step_hparams(optimisers, step, 1.0)
         loss = lm_loss(model(x[:, :-1]), x[:, 1:])
         loss.backward()
-        for opt in optimizers:
+        for opt in optimisers:
             opt.step()
             opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -233,8 +233,8 @@ def test_muon_trains_a_qat_model():
 
 def test_group_metadata_survives_a_checkpoint_round_trip():
     cfg = MuonConfig(momentum_warmup_steps=10)
-    saved = [opt.state_dict() for opt in build_optimizers(tiny(), cfg, 2.0)]
-    fresh = build_optimizers(tiny(), cfg, 1.0)
+    saved = [opt.state_dict() for opt in build_optimisers(tiny(), cfg, 2.0)]
+    fresh = build_optimisers(tiny(), cfg, 1.0)
     for opt, sd in zip(fresh, saved):
         opt.load_state_dict(sd)
     g = groups(fresh)

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from qat_lab.models.gpt import GPT, GPTConfig
-from qat_lab.optim import AdamWConfig, MuonConfig, RoutingError, build_optimizers, route_parameters
+from qat_lab.optim import AdamWConfig, MuonConfig, RoutingError, build_optimisers, route_parameters
 from qat_lab.quant import QuantConfig, apply_qat
 
 VOCAB = 256
@@ -64,18 +64,18 @@ def test_routes_are_exact_and_disjoint(tie, qat):
 @pytest.mark.parametrize("cfg", [MuonConfig(), AdamWConfig()], ids=["muon", "adamw"])
 def test_optimizer_groups_cover_every_parameter_once(tie, qat, cfg):
     model = make(tie, qat)
-    optimizers = build_optimizers(model, cfg, 1.0)
-    ids = [id(p) for opt in optimizers for g in opt.param_groups for p in g["params"]]
+    optimisers = build_optimisers(model, cfg, 1.0)
+    ids = [id(p) for opt in optimisers for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)), "a parameter is in two groups"
     assert set(ids) == set(trainable(model)), "a parameter is in no group"
-    assert all(g["params"] for opt in optimizers for g in opt.param_groups), "empty group kept"
+    assert all(g["params"] for opt in optimisers for g in opt.param_groups), "empty group kept"
 
 
 @pytest.mark.parametrize("tie,qat", VARIANTS)
 def test_muon_gets_no_embedding_head_or_1d(tie, qat):
     model = make(tie, qat)
-    optimizers = build_optimizers(model, MuonConfig(), 1.0)
-    muon = [opt for opt in optimizers if isinstance(opt, torch.optim.Muon)]
+    optimisers = build_optimisers(model, MuonConfig(), 1.0)
+    muon = [opt for opt in optimisers if isinstance(opt, torch.optim.Muon)]
     assert len(muon) == 1
     muon_params = [p for g in muon[0].param_groups for p in g["params"]]
     muon_ids = {id(p) for p in muon_params}
@@ -84,7 +84,7 @@ def test_muon_gets_no_embedding_head_or_1d(tie, qat):
     assert all(p.ndim == 2 for p in muon_params)
     assert {n for g in muon[0].param_groups for n in g["param_names"]} == expected_matrices(model)
 
-    names = {g["group"]: g for opt in optimizers for g in opt.param_groups}
+    names = {g["group"]: g for opt in optimisers for g in opt.param_groups}
     assert names["adamw/embed"]["params"] == [model.wte.weight]
     if tie:
         assert "adamw/head" not in names  # the tied head is the embedding tensor

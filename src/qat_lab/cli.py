@@ -341,11 +341,11 @@ def _check_step_memory(spec) -> None:
     import torch
 
     from qat_lab.models.gpt import GPT
-    from qat_lab.optim.build import build_optimizers
+    from qat_lab.optim.build import build_optimisers
 
     with torch.device("meta"):
         model = GPT(spec.model, spec.data.vocab_size or 256)
-    build_optimizers(model, spec.optim, spec.lr_mult)[0].plan_chunk(spec.data.batch_size, spec.data.seq_len)
+    build_optimisers(model, spec.optim, spec.lr_mult)[0].plan_chunk(spec.data.batch_size, spec.data.seq_len)
 
 
 def check_devices(spec) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from qat_lab.config import RunSpec
 from qat_lab.models.gpt import GPT, count_parameters, lm_loss
-from qat_lab.optim import apply_step_hparams, build_optimizers, param_group_names
+from qat_lab.optim import apply_step_hparams, build_optimisers, param_group_names
 from qat_lab.quant import apply_qat, set_qat
 
 
@@ -48,17 +48,17 @@ class QATLanguageModel(L.LightningModule):
         return self.model(idx)
 
     def configure_optimizers(self):
-        return build_optimizers(self.model, self.spec.optim, self.spec.lr_mult)
+        return build_optimisers(self.model, self.spec.optim, self.spec.lr_mult)
 
     @property
-    def raw_optimizers(self) -> list[torch.optim.Optimizer]:
+    def raw_optimisers(self) -> list[torch.optim.Optimizer]:
         # The unwrapped torch optimisers: stepping them directly keeps Lightning's global_step out
         # of our step accounting (see the module docstring).
         return list(self.trainer.optimizers)
 
     def training_step(self, batch, batch_idx: int):
         x, y = batch
-        opts = self.raw_optimizers
+        opts = self.raw_optimisers
         multiplier = self.spec.schedule.multiplier(self.step, self.spec.trainer.steps)
         apply_step_hparams(opts, self.step, multiplier)
         self.last_lrs = {g["group"]: g["lr"] for opt in opts for g in opt.param_groups}
@@ -96,4 +96,4 @@ class QATLanguageModel(L.LightningModule):
         return loss.detach()
 
     def lr_group_names(self) -> list[str]:
-        return param_group_names(self.raw_optimizers)
+        return param_group_names(self.raw_optimisers)

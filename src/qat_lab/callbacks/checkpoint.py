@@ -61,6 +61,11 @@ def load_checkpoint(job_dir: str | Path, fingerprint: str, steps: int) -> tuple[
     return None, f"{path} {problem}: set aside as {aside.name}; starting from step 0"
 
 
+def _optimiser_states(state: dict) -> list:
+    # Checkpoints written before the British spelling hold them under "optimizers": they still resume.
+    return state["optimisers"] if "optimisers" in state else state["optimizers"]
+
+
 class _Writer(io.RawIOBase):
     """A file wrapper that remembers the OSError of a failed write."""
 
@@ -96,7 +101,7 @@ class Checkpointer:
             "format": FORMAT, "fingerprint": self.fingerprint,
             "step": pl_module.step,
             "model": pl_module.model.state_dict(),
-            "optimizers": [opt.state_dict() for opt in pl_module.raw_optimizers],
+            "optimisers": [opt.state_dict() for opt in pl_module.raw_optimisers],
             "torch_rng": torch.get_rng_state(),
             "grid_pre_warmdown": plain(grid_pre_warmdown),
             "grid_at_qat_start": plain(grid_at_qat_start),
@@ -116,7 +121,7 @@ class Checkpointer:
     @staticmethod
     def restore_optimisers(pl_module, state: dict) -> None:
         """Optimisers exist only once fit has called configure_optimizers: restore them then."""
-        for opt, saved in zip(pl_module.raw_optimizers, state["optimizers"]):
+        for opt, saved in zip(pl_module.raw_optimisers, _optimiser_states(state)):
             opt.load_state_dict(saved)
         torch.set_rng_state(state["torch_rng"])
         # Fake quantisation resumes in the state the last saved update had; the next training

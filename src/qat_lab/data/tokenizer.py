@@ -27,7 +27,3 @@ class ByteTokenizer:
 
     def decode_bytes(self, tokens) -> bytes:
         return bytes(int(t) for t in tokens)
-
-    def bytes_per_token(self, tokens: np.ndarray) -> float:
-        """Average UTF-8 bytes per token in `tokens` (exactly 1 for bytes)."""
-        return 1.0

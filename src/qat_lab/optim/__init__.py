@@ -1,9 +1,9 @@
 """Optimisers (METHOD section 5): parameter routing, Muon (+AdamW), AdamW, and iEF / EF / SF.
 
-    optimizers = build_optimizers(model, MuonConfig(), lr_mult=1.0)
+    optimisers = build_optimisers(model, MuonConfig(), lr_mult=1.0)
     for step in range(total):
-        apply_step_hparams(optimizers, step, schedule_multiplier(step))
-        ... backward; for opt in optimizers: opt.step(); opt.zero_grad()
+        apply_step_hparams(optimisers, step, schedule_multiplier(step))
+        ... backward; for opt in optimisers: opt.step(); opt.zero_grad()
 
 The natural-gradient optimisers (optim.name ief, ef, sf) need the batch itself: they set
 `needs_batch = True` and are stepped with `opt.natural_step(x, y)` instead (qat_lab.optim.ief).
@@ -21,7 +21,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "MuonConfig": "config", "AdamWConfig": "config", "IEFConfig": "config",
-    "build_optimizers": "build", "apply_step_hparams": "build", "param_group_names": "build",
+    "build_optimisers": "build", "apply_step_hparams": "build", "param_group_names": "build",
     "NaturalGradient": "ief", "ParamRoutes": "routing", "RoutingError": "routing", "route_parameters": "routing",
 }
 

@@ -39,7 +39,7 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
     """Muon (torch.optim.Muon's update, qat_lab.optim.muon) on the hidden matrices, AdamW on
     embedding, head and 1-D tensors."""
     routes = route_parameters(model)
-    optimizers: list[Optimizer] = []
+    optimisers: list[Optimizer] = []
 
     warm = cfg.momentum_warmup_steps > 0
     muon_groups = _non_empty([
@@ -54,7 +54,7 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
         ),
     ])
     if muon_groups:
-        optimizers.append(Muon(
+        optimisers.append(Muon(
             muon_groups,
             lr=cfg.matrix_lr * lr_mult,
             weight_decay=cfg.weight_decay,  # explicit: torch's default 0.1 would silently decay
@@ -72,10 +72,10 @@ def build_muon(model: nn.Module, cfg: MuonConfig, lr_mult: float) -> list[Optimi
         _group("adamw/scalars", routes.scalars, cfg.scalar_lr, lr_mult, weight_decay=0.0),
     ])
     if adam_groups:
-        optimizers.append(torch.optim.AdamW(
+        optimisers.append(torch.optim.AdamW(
             adam_groups, lr=cfg.embed_lr * lr_mult, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=False,
         ))
-    return optimizers
+    return optimisers
 
 
 def build_adamw(model: nn.Module, cfg: AdamWConfig, lr_mult: float) -> list[Optimizer]:
@@ -103,22 +103,22 @@ BUILDERS: dict[type, Builder] = {MuonConfig: build_muon, AdamWConfig: build_adam
 """The one optimiser table: config class (the `_target_` of conf/optim/*.yaml) -> builder."""
 
 
-def build_optimizers(model: nn.Module, cfg: MuonConfig | AdamWConfig | IEFConfig, lr_mult: float) -> list[Optimizer]:
+def build_optimisers(model: nn.Module, cfg: MuonConfig | AdamWConfig | IEFConfig, lr_mult: float) -> list[Optimizer]:
     """The optimisers of a run, every group named and with base_lr = configured LR x lr_mult
     (lr_mult is validated with the rest of the run's config, in qat_lab.config.build_spec)."""
-    optimizers = BUILDERS[type(cfg)](model, cfg, float(lr_mult))
-    names = param_group_names(optimizers)
+    optimisers = BUILDERS[type(cfg)](model, cfg, float(lr_mult))
+    names = param_group_names(optimisers)
     if len(set(names)) != len(names):
         raise RuntimeError(f"optimiser group names are not unique: {names}")
-    return optimizers
+    return optimisers
 
 
-def apply_step_hparams(optimizers: Iterable[Optimizer], step: int, lr_multiplier: float) -> None:
+def apply_step_hparams(optimisers: Iterable[Optimizer], step: int, lr_multiplier: float) -> None:
     """Set the hyperparameters for the update at `step`: lr = base_lr x schedule multiplier,
     and Muon's momentum warmup (linear from momentum_warmup_start to momentum) where configured."""
     if not lr_multiplier >= 0:
         raise ValueError(f"lr_multiplier={lr_multiplier} must be >= 0")
-    for opt in optimizers:
+    for opt in optimisers:
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * lr_multiplier
             steps = group.get("momentum_warmup_steps", 0)
@@ -127,6 +127,6 @@ def apply_step_hparams(optimizers: Iterable[Optimizer], step: int, lr_multiplier
                 group["momentum"] = (1 - frac) * group["momentum_warmup_start"] + frac * group["momentum_target"]
 
 
-def param_group_names(optimizers: Iterable[Optimizer]) -> list[str]:
+def param_group_names(optimisers: Iterable[Optimizer]) -> list[str]:
     """Group names of all optimisers, in order (the `lr/<group>` logging keys)."""
-    return [g["group"] for opt in optimizers for g in opt.param_groups]
+    return [g["group"] for opt in optimisers for g in opt.param_groups]
