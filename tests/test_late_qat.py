@@ -142,3 +142,42 @@ def test_a_late_qat_model_trains_like_the_unquantised_one_until_it_switches():
     set_qat(b, True)
     assert not torch.equal(lm_loss(a(x[:, :-1]), x[:, 1:]), lm_loss(b(x[:, :-1]), x[:, 1:]))
     assert set(a.state_dict()) == set(b.state_dict())  # the switch is not part of the weights
+
+
+def test_a_resume_that_crosses_the_lr_trigger_switches_at_the_same_step(tmp_path, monkeypatch):
+    """Killed before the LR trigger fires, resumed from the checkpoint: the trigger is recomputed from
+    the schedule (not a saved flag), so qat_on and every loss equal the uninterrupted run's."""
+    from qat_lab import jobs
+    from qat_lab.callbacks import monitor as monitor_mod
+
+    # wsd over 8 steps, warmdown 0.75: decay from t0=2, multipliers 1, 1, 1, 5/6, 4/6, 3/6, 2/6, 1/6
+    mult = lambda t: ScheduleConfig(warmdown=0.75).multiplier(t, 8)  # noqa: E731
+    start = QuantConfig(bits=2, start_lr_below=0.6).start_step(8, mult)
+    assert start == 5 and mult(start) < 0.6 <= mult(start - 1)
+    overrides = [*SMOKE, "trainer.steps=8", "bits=2", "warmdown=0.75", "quant.start_lr_below=0.6",
+                 "trainer.checkpoint_every=2"]
+    reference = jobs.run_job(task_config(tmp_path / "ref", overrides))
+    never = [*SMOKE, "trainer.steps=8", "bits=2", "warmdown=0.75", "quant.start=1"]
+    jobs.run_job(task_config(tmp_path / "never", never))
+    original = monitor_mod.TrainingMonitor.on_train_batch_end
+
+    def die(self, trainer, pl_module, *args):
+        original(self, trainer, pl_module, *args)
+        if pl_module.step == start:  # after the step-4 checkpoint, before the trigger's step 5 ran
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(monitor_mod.TrainingMonitor, "on_train_batch_end", die)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        jobs.run_job(task_config(tmp_path / "job", overrides))
+    assert "1" not in qat_column(tmp_path / "job")  # it died with QAT still off
+    monkeypatch.setattr(monitor_mod.TrainingMonitor, "on_train_batch_end", original)
+    rec = jobs.run_job(task_config(tmp_path / "job", overrides))
+    assert rec["resumed_from_step"] == 4 and steps(tmp_path / "job") == list(range(9))
+    assert rec["results"]["qat_start_step"] == reference["results"]["qat_start_step"] == start
+    assert qat_column(tmp_path / "job") == qat_column(tmp_path / "ref") == ["0"] * start + ["1"] * (8 - start)
+    resumed, ref, never_l = (train_losses(tmp_path / n) for n in ("job", "ref", "never"))
+    assert len(resumed) == 8 and resumed == pytest.approx(ref, rel=1e-6)
+    # The switch is real: unquantised until the trigger, fake-quantised from it on.
+    assert resumed[:start] == pytest.approx(never_l[:start], rel=1e-6)
+    assert all(abs(a - b) > 0.01 for a, b in zip(resumed[start:], never_l[start:]))
+    assert rec["results"]["val_loss"] == pytest.approx(reference["results"]["val_loss"], rel=1e-6)
