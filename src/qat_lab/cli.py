@@ -492,7 +492,7 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
               f"(= {flops / (0.4 * GPU_PEAK_BF16 * 3600):.3g} H100-hours at 40% of 989 TFLOP/s bf16)"]
     cpu_flops = sum(r["flops"] for r in rows.values() if not r["gpu"])
     if cpu_flops:
-        from qat_lab.data.prepare import cache_root
+        from qat_lab.cache import cache_root
         from qat_lab.machine import CPU_MFU, cpu_matmul_rate
 
         rate = cpu_matmul_rate(cache_root(None))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from qat_lab.cache import cache_root
 from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import Corpus, load_corpus
 from qat_lab.data.shards import ShardSet, find_shards, sampled_fingerprint
@@ -154,7 +155,7 @@ class LMDataModule(L.LightningDataModule):
         from qat_lab.data import prepare
 
         cfg = self.cfg
-        cache = prepare.cache_root(cfg.cache_dir)
+        cache = cache_root(cfg.cache_dir)
         source = prepare.source_for(cfg, cache)
         self.tokenizer = prepare.make_tokenizer(cfg, source, cache)
         directory, meta = prepare.cached_token_shards(source, self.tokenizer, cfg.val_fraction, cache)
@@ -177,7 +178,7 @@ class LMDataModule(L.LightningDataModule):
         both = sorted(set(train_files) & set(val_files))
         if both:
             raise DataError(f"{both[0]} matches both data.train_glob={cfg.train_glob} and data.val_glob={cfg.val_glob}")
-        self.tokenizer = prepare.make_tokenizer(cfg, None, prepare.cache_root(cfg.cache_dir))
+        self.tokenizer = prepare.make_tokenizer(cfg, None, cache_root(cfg.cache_dir))
         self._vocab = self._model_vocab()
         self.train_tokens, self.val_tokens = ShardSet(train_files, self._vocab), ShardSet(val_files, self._vocab)
         self.byte_lengths = None if self.tokenizer is None else self.tokenizer.byte_lengths

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from qat_lab.atomic import atomic_dir, atomic_write
+from qat_lab.cache import cache_root
 from qat_lab.data import bpe, hf
 from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import DOCUMENT_SEPARATOR, Corpus, load_corpus
@@ -37,11 +37,6 @@ from qat_lab.errors import ConfigError, DataError
 
 ENCODE_RECIPE = "split-bytes-v1"
 """Names the split + encoding rules above; part of the token cache key."""
-
-
-def cache_root(cache_dir: str | None) -> Path:
-    """data.cache_dir, else $QAT_LAB_CACHE, else ~/.cache/qat_lab."""
-    return Path(cache_dir or os.environ.get("QAT_LAB_CACHE") or "~/.cache/qat_lab").expanduser()
 
 
 @dataclass
