@@ -473,33 +473,67 @@ def _tissue_final(curve: Curve, params: dict, lam: float) -> float:
     return float(law(params, s1[k], s2[k]))
 
 
-def _fit_mpl(out: CellLaw, fit_curves: list[Curve], held: list[Curve], schedule, steps: int, lr_mult: float,
-             can_predict_optimum: bool) -> None:
-    """The Multi-Power Law on the same fit curves: its held-out error and predicted optimum."""
+@dataclass
+class LawFits:
+    """What fit_cell fits, its costly part: Tissue's law at every λ of the grid and the Multi-Power
+    Law, on the fit curves. A function of the curves, the grid and the fitting code alone, so it can
+    be cached (analysis/fit_cache.py); everything fit_cell derives from it is recomputed."""
+    tissue: dict[float, Fit]
+    """lambda -> fit (the chain along the grid, the chosen λ refitted from an independent start)."""
+    mpl: object | None = None
+    """multipower_law.MPLFit; None: not asked for, or not fitted (mpl_error says why)."""
+    mpl_error: str = ""
+
+
+def fit_laws(fit_curves: list[Curve], lambdas: tuple[float, ...], with_mpl: bool = True) -> LawFits:
+    """Tissue's law at every lambda (chained along the grid) and, with_mpl, the Multi-Power Law."""
+    fits: dict[float, Fit] = {}
+    warm = None
+    for lam in sorted(lambdas):
+        # The first lambda is polished from N_POLISH alpha-grid starts; each next one from its
+        # neighbour's solution (the objective moves smoothly with lambda, so the neighbour is an
+        # excellent start, and 100 cells x 5 lambdas stay within seconds). The chosen lambda gets
+        # an independent alpha-grid start below.
+        fits[lam] = fit_law(fit_curves, lam, warm_start=warm, n_polish=N_POLISH if warm is None else 0)
+        warm = fits[lam].params
+    best = min(fits, key=lambda lam: fits[lam].objective)
+    if best != min(lambdas):  # reached by chaining only: give it an independent start too
+        fits[best] = fit_law(fit_curves, best, warm_start=fits[best].params, n_polish=1)
+    out = LawFits(tissue=fits)
+    if with_mpl:
+        from qat_lab.analysis import multipower_law as mpl  # imports this module: a late import
+
+        try:
+            out.mpl = mpl.fit_mpl(fit_curves, **MPL_OPTIONS)
+        except ValueError as e:  # too few points; the cell keeps Tissue's law
+            out.mpl_error = str(e)
+    return out
+
+
+def _mpl_predictions(out: CellLaw, mpl_fit, held: list[Curve], schedule, steps: int, lr_mult: float,
+                     can_predict_optimum: bool) -> None:
+    """The Multi-Power Law's held-out error and predicted optimum."""
     from qat_lab.analysis import multipower_law as mpl  # imports this module: a late import
 
-    try:
-        out.mpl = mpl.fit_mpl(fit_curves, **MPL_OPTIONS)
-    except ValueError as e:  # too few points; the cell keeps Tissue's law
-        out.note += f"{'; ' if out.note else ''}Multi-Power Law not fitted: {e}"
-        return
+    out.mpl = mpl_fit
     finals = []
     for c in held:
         eta, w = mpl.mpl_trace(c.trace)
         k, obs = c.final_point()
-        finals.append((float(mpl.law_curve(out.mpl.params, eta, w, [k])[0]), obs))
+        finals.append((float(mpl.law_curve(mpl_fit.params, eta, w, [k])[0]), obs))
     out.heldout_error["mpl"] = heldout_final_error(finals)
     if can_predict_optimum:
-        out.mpl_optimum, final = mpl.predicted_optimum(out.mpl.params, schedule, steps, lr_mult)
+        out.mpl_optimum, final = mpl.predicted_optimum(mpl_fit.params, schedule, steps, lr_mult)
         out.mpl_candidate_final = final.tolist()
 
 
 def fit_cell(cell: str, curves: list[Curve], schedule: ScheduleConfig | None, steps: int, lr_mult: float,
              empirical_optimum: float | None, fit_warmdowns: list[float] | None = None,
-             lambdas=None, with_mpl: bool = True) -> CellLaw:
+             lambdas=None, with_mpl: bool = True, fitter=None) -> CellLaw:
     """Fit the law on some of a cell's curves, predict the others, at every lambda of the grid
     (None: scaled_lambdas(steps)); with_mpl: the Multi-Power Law beside it, and the better of the
-    two on the held-out final losses predicts the optimum."""
+    two on the held-out final losses predicts the optimum. `fitter` does the fitting (None:
+    fit_laws; a cache passes its wrapper of it, fit_cache.FitCache.fit_laws)."""
     lambdas = tuple(lambdas) if lambdas else scaled_lambdas(steps)
     wds = [c.warmdown for c in curves]
     chosen = [w for w in (fit_warmdowns if fit_warmdowns else default_fit_warmdowns(wds)) if w in wds]
@@ -520,17 +554,8 @@ def fit_cell(cell: str, curves: list[Curve], schedule: ScheduleConfig | None, st
         out.note += f"{'; ' if out.note else ''}schedule '{schedule.kind}' has no warmdown: no optimum to predict"
     tested = sorted(wds)
     tested_etas = np.array([c.trace.eta for c in sorted(curves, key=lambda c: c.warmdown)])
-    warm = None
-    for lam in sorted(lambdas):
-        # The first lambda is polished from N_POLISH alpha-grid starts; each next one from its
-        # neighbour's solution (the objective moves smoothly with lambda, so the neighbour is an
-        # excellent start, and 100 cells x 5 lambdas stay within seconds). The chosen lambda gets
-        # an independent alpha-grid start below.
-        out.fits[lam] = fit_law(fit_curves, lam, warm_start=warm, n_polish=N_POLISH if warm is None else 0)
-        warm = out.fits[lam].params
-    best = min(out.fits, key=lambda lam: out.fits[lam].objective)
-    if best != min(lambdas):  # reached by chaining only: give it an independent start too
-        out.fits[best] = fit_law(fit_curves, best, warm_start=out.fits[best].params, n_polish=1)
+    fitted = (fitter or fit_laws)(fit_curves, tuple(sorted(lambdas)), with_mpl)
+    out.fits = dict(sorted(fitted.tissue.items()))
     out.best_lam = min(out.fits, key=lambda lam: out.fits[lam].objective)
     for lam in sorted(lambdas):
         fit = out.fits[lam]
@@ -547,8 +572,10 @@ def fit_cell(cell: str, curves: list[Curve], schedule: ScheduleConfig | None, st
         out.by_lambda.append(row)
     out.heldout_error["tissue"] = heldout_final_error(
         [(_tissue_final(c, out.best.params, out.best_lam), c.final_point()[1]) for c in held])
-    if with_mpl:
-        _fit_mpl(out, fit_curves, held, schedule, steps, lr_mult, can_predict_optimum)
+    if fitted.mpl_error:
+        out.note += f"{'; ' if out.note else ''}Multi-Power Law not fitted: {fitted.mpl_error}"
+    if fitted.mpl is not None:
+        _mpl_predictions(out, fitted.mpl, held, schedule, steps, lr_mult, can_predict_optimum)
         # The better law on what neither saw; a tie or no held-out curve keeps the simpler law.
         if out.heldout_error.get("mpl", math.nan) < out.heldout_error["tissue"]:
             out.law_used = "mpl"

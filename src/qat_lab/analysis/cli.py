@@ -69,6 +69,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the annealing fits and figures (default: the available cores, at most 8; "
                         "W&B inputs use 1); the report is the same for any number")
+    p.add_argument("--fit-cache", metavar="DIR", default=None,
+                   help="where the annealing and Multi-Power fits are kept and reused by later runs of the same "
+                        "curves (default: $QAT_LAB_CACHE/fits or ~/.cache/qat_lab/fits); the report is the same "
+                        "with or without it")
+    p.add_argument("--no-fit-cache", action="store_true", help="fit every cell afresh and keep nothing")
     p.add_argument("--to-wandb", action="store_true", help="also log the report to W&B as an analysis run")
     p.add_argument("--wandb-project", default="qat_lab", help="project of the --to-wandb run (default qat_lab)")
     p.add_argument("--wandb-mode", choices=("offline", "online"), default="offline",
@@ -102,8 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         options = pipeline.Options(compare=args.compare, holdout=args.holdout_sizes, law_points=args.law_points, anneal=not args.no_anneal,
                                    anneal_fit_warmdowns=args.anneal_fit_warmdowns,
                                    anneal_lambdas=tuple(args.anneal_lambdas) if args.anneal_lambdas else None,
-                                   max_plots=args.max_plots,
-                                   workers=args.workers)
+                                   max_plots=args.max_plots, workers=args.workers, fit_cache=_fit_cache_dir(args))
         analysis = pipeline.analyse(runset, options)
     except load.AnalysisInputError as e:
         p.error(str(e))
@@ -111,11 +115,33 @@ def main(argv: list[str] | None = None) -> None:
     cov = analysis.coverage
     print(f"{len(analysis.table)} runs ({cov.n_used} used, {len(cov.excluded)} left out, "
           f"{len(cov.missing)} grid points missing, {len(runset.problems)} unreadable) -> {path}")
+    _print_cache_use(analysis.fit_cache_use, analysis.options.fit_cache)
     if args.to_wandb:
         from qat_lab.analysis.wandb_export import export
 
         run_id = export(analysis, path.parent, project=args.wandb_project, mode=args.wandb_mode)
         print(f"W&B analysis run {run_id} ({args.wandb_mode})")
+
+
+def _fit_cache_dir(args) -> str | None:
+    if args.no_fit_cache:
+        return None
+    if args.fit_cache:
+        return args.fit_cache
+    from qat_lab.analysis.fit_cache import default_dir
+
+    return str(default_dir())
+
+
+def _print_cache_use(use: dict, where: str | None) -> None:
+    """One line on what the fit cache did (nothing without a cache or fits), one per problem."""
+    if not use:
+        return
+    print(f"annealing fits: {use.get('hits', 0)} reused, {use.get('misses', 0)} fitted (cache {where})")
+    for line in use.get("unreadable", []):
+        print(f"{PROG}: warning: unusable cached fit (refitted): {line}", file=sys.stderr)
+    if use.get("unwritable"):
+        print(f"{PROG}: warning: fits not kept: {use['unwritable']}", file=sys.stderr)
 
 
 def _plan(p: argparse.ArgumentParser, args) -> None:

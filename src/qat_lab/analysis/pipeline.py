@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -19,6 +20,7 @@ from qat_lab.analysis import annealing_law, cells as cells_mod, comparisons, cov
 from qat_lab.analysis import design as design_mod, grid_ratio, parallel, penalty_law, scorecard
 from qat_lab.analysis.cells import CELL_ID
 from qat_lab.analysis.design import Design
+from qat_lab.analysis.fit_cache import FitCache
 from qat_lab.analysis.load import AnalysisInputError, RunSet, axis_names, runs_table
 from qat_lab.records import identity
 
@@ -44,6 +46,9 @@ class Options:
     workers: int | None = None
     """Processes for the annealing fits and the figures; None = the available cores (at most 8).
     W&B run sets use one: their histories are fetched over the network, once, in this process."""
+    fit_cache: str | None = None
+    """A folder where the annealing and Multi-Power fits are kept and reused (analysis/fit_cache.py);
+    None: every fit is computed. The report is the same either way."""
     max_plots: int = 1
     """Figures per kind (each up to 6 panels; annealing: 3 cells per figure). The tables and
     fits.json always hold everything; the report says what the figures leave out."""
@@ -105,6 +110,9 @@ class Analysis:
     anneal_notes: list[str]
     claims: list[dict]
     seconds: dict[str, float]
+    fit_cache_use: dict = field(default_factory=dict)
+    """How the fit cache served the annealing fits: hits, misses, unreadable files, a write error
+    (empty without a cache). Console only: the report does not depend on it."""
 
     @property
     def key(self) -> str:
@@ -150,21 +158,36 @@ def merge_problems(runset: RunSet, lines: list[str]) -> None:
     runset.problems.extend(line for line in lines if line not in runset.problems)
 
 
-def _fit_cell(cell: str, g: pd.DataFrame, records: dict, runset: RunSet, best: float | None, options: Options):
-    """The annealing law of one cell, with notes on the runs it could not use."""
+def _fit_cell(cell: str, g: pd.DataFrame, records: dict, runset: RunSet, best: float | None, options: Options,
+              cache: FitCache | None):
+    """The annealing law of one cell, with notes on the runs it could not use, and what the fit
+    cache did for it."""
     curves, notes = annealing_law.cell_curves(g, records, runset.history)
     if not curves:
-        return None, notes + [f"{cell}: no complete loss curve, no annealing fit"]
+        return None, notes + [f"{cell}: no complete loss curve, no annealing fit"], {}
     first = records[g["run_id"].iloc[0]]
-    return annealing_law.fit_cell(
+    law = annealing_law.fit_cell(
         cell, curves, annealing_law.schedule_of(first), int(g["steps"].iloc[0]),
         float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, best,
-        options.anneal_fit_warmdowns, options.anneal_lambdas), notes
+        options.anneal_fit_warmdowns, options.anneal_lambdas, fitter=cache.fit_laws if cache else None)
+    return law, notes, cache.take_use() if cache else {}
+
+
+def _add_use(total: dict, use: dict) -> None:
+    for k, v in use.items():
+        if k in ("hits", "misses"):
+            total[k] = total.get(k, 0) + v
+        elif k == "unreadable":
+            total.setdefault(k, []).extend(v)
+        elif v:
+            total[k] = v
 
 
 def annealing_laws(table: pd.DataFrame, wd: Along, runset: RunSet, options: Options
-                   ) -> tuple[list[annealing_law.CellLaw], list[str]]:
-    """One annealing-law fit per warmdown cell (every key but warmdown and seed), whatever --compare is."""
+                   ) -> tuple[list[annealing_law.CellLaw], list[str], dict]:
+    """One annealing-law fit per warmdown cell (every key but warmdown and seed), whatever --compare
+    is; and how the fit cache served them."""
+    cache = FitCache(Path(options.fit_cache)) if options.fit_cache else None
     records = {run.run_id: run.record for run in runset.runs}
     optima = wd.optima
     best = optima.set_index(CELL_ID)["best_warmdown"].to_dict() if len(optima) else {}
@@ -172,15 +195,16 @@ def annealing_laws(table: pd.DataFrame, wd: Along, runset: RunSet, options: Opti
     groups = dict(list(runs[runs["used"]].groupby(CELL_ID, sort=False)))
     # Every cell with a used run has an optimum; optima are in the cells' readable order (models
     # by size), which the annealing tables and figures then follow too. One task per cell.
-    tasks = [(with_problems, (runset, _fit_cell, cell, groups[cell], records, runset, best.get(cell), options))
+    tasks = [(with_problems, (runset, _fit_cell, cell, groups[cell], records, runset, best.get(cell), options, cache))
              for cell in (optima[CELL_ID].tolist() if len(optima) else [])]
-    out, notes = [], []
-    for (law, cell_notes), problems in parallel.fork_map(tasks, workers_for(runset, options)):
+    out, notes, use = [], [], {}
+    for (law, cell_notes, cell_use), problems in parallel.fork_map(tasks, workers_for(runset, options)):
         merge_problems(runset, problems)
         notes.extend(cell_notes)
+        _add_use(use, cell_use)
         if law is not None:
             out.append(law)
-    return out, notes
+    return out, notes, use
 
 
 def along(table: pd.DataFrame, keys: list[str], key: str) -> Along:
@@ -246,12 +270,12 @@ def analyse(runset: RunSet, options: Options | None = None) -> Analysis:
     missing = grid_ratio.missing_ratios(table)
     lap("grid ratio")
 
-    cell_laws, anneal_notes = (annealing_laws(table, by_wd, runset, options) if options.anneal and by_wd is not None
-                               else ([], []))
+    cell_laws, anneal_notes, cache_use = (annealing_laws(table, by_wd, runset, options)
+                                          if options.anneal and by_wd is not None else ([], [], {}))
     lap("annealing law")
     claims = scorecard.score(table, by_wd, laws, holdout)
     lap("claims")
     return Analysis(runset=runset, options=options, design=design, axes=keys, varying=varying, table=table,
                     coverage=cov, along=main, by_warmdown=by_wd, laws=laws, holdout_sizes=holdout,
                     holdout_notes=holdout_notes, ratios=ratios, missing_ratios=missing, cell_laws=cell_laws,
-                    anneal_notes=anneal_notes, claims=claims, seconds=seconds)
+                    anneal_notes=anneal_notes, claims=claims, seconds=seconds, fit_cache_use=cache_use)
