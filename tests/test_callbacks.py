@@ -125,8 +125,11 @@ def _run_tiny_job(job_dir: Path, overrides: list[str]):
     saves: list[dict] = []
 
     spy(m.grid, "measure", before=lambda model, step=None: events.append(("grid", step)))
-    spy(m.quick_val, "measure", before=lambda *a: events.append(("val", mod.step)))
-    spy(m.curve, "measure", before=lambda *a: events.append(("curve", mod.step)))
+    seen_qat: list[tuple[str, int, bool | None]] = []  # the quantiser's state each loss measurement saw
+    spy(m.quick_val, "measure", before=lambda model, *a: (events.append(("val", mod.step)),
+                                                          seen_qat.append(("val", mod.step, qat_is_on(model)))))
+    spy(m.curve, "measure", before=lambda model, *a: (events.append(("curve", mod.step)),
+                                                      seen_qat.append(("curve", mod.step, qat_is_on(model)))))
     spy(mod, "training_step", before=lambda *a: events.append(("update", mod.step)))
     spy(m.history, "write", before=lambda step, *a: events.append(("row", step)))
     spy(m.history, "make_durable", before=lambda: events.append(("durable", mod.step)))
@@ -161,7 +164,7 @@ def _run_tiny_job(job_dir: Path, overrides: list[str]):
     with open(job.job_dir / "metrics.csv", newline="") as f:
         rows = {int(r["step"]): r for r in csv.DictReader(f)}
     return SimpleNamespace(spec=spec, job=job, record=record, events=events, saves=saves, recorder=recorder,
-                           lines=lines.lines, rows=rows)
+                           lines=lines.lines, rows=rows, seen_qat=seen_qat)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +205,15 @@ def test_the_run_completes_every_step(run):
     assert sorted(run.rows) == list(range(STEPS + 1))
     assert sorted(run.recorder.entering) == list(range(STEPS))
     assert run.job.module.qat_start_step == QAT_START and run.job.monitor.grid.t0 == T0
+
+
+def test_row_t_measures_the_model_update_t_trains(run):
+    """Late QAT: the validation and curve losses of row t see fake quantisation on exactly when
+    update t trains with it (step 0 of a late run included), like row t's qat_on and train loss."""
+    during = [(kind, t, on) for kind, t, on in run.seen_qat if t < STEPS]
+    assert 0 in {t for _, t, _ in during} and {on for _, _, on in during} == {False, True}
+    assert all(on == (t >= QAT_START) for _, t, on in during), during
+    assert all(int(run.rows[t]["qat_on"]) == (t >= QAT_START) for t in range(STEPS))
 
 
 def test_monitor_calls_its_pieces_in_the_documented_order(run):

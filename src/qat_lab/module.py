@@ -30,7 +30,9 @@ class QATLanguageModel(L.LightningModule):
         self.qat_start_step = spec.quant.start_step(steps, lambda t: spec.schedule.multiplier(t, steps))
         """First step trained with fake quantisation (None at bits=16; `steps` if it never turns on)."""
         self.qat_on: bool | None = None
-        """Whether the last update was trained with fake quantisation (None at bits=16)."""
+        """Whether fake quantisation is on for the current step (None at bits=16): what update t
+        trains with, and what the measurements taken before it (monitor.py) see."""
+        self.quantise_for_step(0)
         self.automatic_optimization = False
         self.step = 0
         """Optimiser updates done so far (== index of the next update)."""
@@ -56,17 +58,24 @@ class QATLanguageModel(L.LightningModule):
         # of our step accounting (see the module docstring).
         return list(self.trainer.optimizers)
 
+    def quantise_for_step(self, t: int) -> None:
+        """Fake quantisation on or off as update t trains: late QAT turns it on from
+        qat_start_step. The monitor calls this before it measures the weights entering update t,
+        so that row t's validation and curve losses see the same model as row t's train loss."""
+        if self.qat_start_step is None:
+            return
+        on = t >= self.qat_start_step
+        if on != self.qat_on:
+            set_qat(self.model, on)
+            self.qat_on = on
+
     def training_step(self, batch, batch_idx: int):
         x, y = batch
         opts = self.raw_optimisers
         multiplier = self.spec.schedule.multiplier(self.step, self.spec.trainer.steps)
         apply_step_hparams(opts, self.step, multiplier)
         self.last_lrs = {g["group"]: g["lr"] for opt in opts for g in opt.param_groups}
-        if self.qat_start_step is not None:  # late QAT: fake quantisation from qat_start_step on
-            on = self.step >= self.qat_start_step
-            if on != self.qat_on:
-                set_qat(self.model, on)
-                self.qat_on = on
+        self.quantise_for_step(self.step)
 
         if getattr(opts[0], "needs_batch", False):
             # iEF / EF / SF (qat_lab.optim.ief): per-sample gradients of this batch, no backward

@@ -1,6 +1,7 @@
 """What happens around update t, in which order: the one place that says it.
 
-    before update t, on the weights entering it (rank 0):
+    before update t, on the weights entering it, with fake quantisation on or off as update t
+    trains (late QAT switches here, so row t's measurements and train loss see one model) (rank 0):
       1. grid distance, every trainer.grid_every steps, at the first warmdown step t0 (the
          pre-warmdown snapshot) and at the step QAT turns on (late QAT: quant.start)
       2. quick validation, every trainer.val_every steps (t > 0), and the loss curve on a fixed
@@ -52,6 +53,7 @@ class TrainingMonitor(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         t = pl_module.step
         self._measured = {}
+        pl_module.quantise_for_step(t)  # late QAT: measure the model update t trains (on or off)
         if not trainer.is_global_zero:
             return
         if self.grid.due(t):
