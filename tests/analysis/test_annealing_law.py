@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from qat_lab.analysis import annealing_law as al
+from qat_lab.analysis import cell_fit
 from qat_lab.schedules import ScheduleConfig
 
 TRUE = {"L0": 1.6, "A": 2.5, "alpha": 0.5, "C": 0.002}
@@ -57,7 +58,7 @@ def test_fit_recovers_the_planted_parameters_from_noise_free_curves():
 
 def test_fit_cell_picks_the_true_lambda_predicts_held_out_curves_and_the_optimum():
     curves = [curve(w) for w in (0.0, 0.1, 0.33, 0.5, 1.0)]
-    cl = al.fit_cell("c", curves, ScheduleConfig(), 300, 1.0, empirical_optimum=None,
+    cl = cell_fit.fit_cell("c", curves, ScheduleConfig(), 300, 1.0, empirical_optimum=None,
                      lambdas=(0.95, 0.99, 0.999))
     assert cl.fit_warmdowns == [0.0, 1.0] and cl.heldout_warmdowns == [0.1, 0.33, 0.5]
     assert cl.best_lam == LAM and cl.best.success
@@ -114,18 +115,18 @@ def test_cell_curves_average_seeds_and_skip_incomplete_histories():
              "r1": pd.DataFrame({"step": np.arange(11.0), "train_loss": np.r_[np.full(10, 4.0), np.nan]}),
              "r2": pd.DataFrame({"step": np.arange(5.0), "train_loss": 1.0})}  # stopped at step 4
     runs = pd.DataFrame({"run_id": ["r0", "r1", "r2"], "warmdown": 0.5, "steps": 10})
-    curves, notes = al.cell_curves(runs, records, hists.get)
+    curves, notes = cell_fit.cell_curves(runs, records, hists.get)
     assert len(curves) == 1 and curves[0].n_seeds == 2
     np.testing.assert_allclose(curves[0].loss, 3.0)
     assert notes == ["r2: incomplete train_loss history"]
 
 
-def _cell_law(at_bound: bool, optima: list[float]) -> al.CellLaw:
+def _cell_law(at_bound: bool, optima: list[float]) -> cell_fit.CellLaw:
     """A CellLaw with a chosen fit (a parameter at its bound or not) and these predicted optima per lambda."""
     params = {"L0": 0.0 if at_bound else 1.5, "A": 2.0, "alpha": 0.4, "C": 0.01}
     fit = al.Fit(params=params, lam=0.99, objective=1.0, success=True, message="", n_starts=2, n_converged=2,
                  n_points=100)
-    cl = al.CellLaw(cell="c", fit_warmdowns=[0.1], heldout_warmdowns=[0.5], curves=[], fits={0.99: fit}, best_lam=0.99)
+    cl = cell_fit.CellLaw(cell="c", fit_warmdowns=[0.1], heldout_warmdowns=[0.5], curves=[], fits={0.99: fit}, best_lam=0.99)
     cl.by_lambda = [{"lambda": lam, "predicted_optimum": o} for lam, o in zip((0.9, 0.95, 0.99), optima)]
     return cl
 
@@ -187,7 +188,7 @@ def test_lambda_grid_scales_with_the_run_length():
     assert al.scaled_lambdas(1000) == pytest.approx((0.9, 1 - 1 / 30, 0.99, 1 - 1 / 300))
     assert al.scaled_lambdas(50) == pytest.approx((1 - 1 / 1.5, 1 - 1 / 5, 1 - 1 / 15))
     assert all(0 < lam < 1 for lam in al.scaled_lambdas(20_000))
-    cl = al.fit_cell("c", [curve(0.0), curve(0.5)], ScheduleConfig(warmdown=0.5), 300, 1.0, None, with_mpl=False)
+    cl = cell_fit.fit_cell("c", [curve(0.0), curve(0.5)], ScheduleConfig(warmdown=0.5), 300, 1.0, None, with_mpl=False)
     assert sorted(cl.fits) == list(al.scaled_lambdas(300)) == list(cl.lambdas)
 
 
@@ -196,17 +197,17 @@ def test_both_laws_are_fitted_and_the_better_one_on_held_out_curves_is_used():
 
     # Curves made by the Multi-Power Law: it predicts the held-out final loss better than Tissue's.
     mpl_made = [mpl_curve(w, noise=0.0005, seed=i) for i, w in enumerate((0.0, 0.2, 0.5))]
-    cl = al.fit_cell("mpl-made", mpl_made, ScheduleConfig(warmdown=0.5, warmup_steps=20), 1000, 1e-3, None)
+    cl = cell_fit.fit_cell("mpl-made", mpl_made, ScheduleConfig(warmdown=0.5, warmup_steps=20), 1000, 1e-3, None)
     assert cl.heldout_warmdowns == [0.2] and set(cl.heldout_error) == {"tissue", "mpl"}
     assert cl.heldout_error["mpl"] < cl.heldout_error["tissue"] and cl.law_used == "mpl"
     assert cl.predicted_optimum == cl.mpl_optimum
     # Curves made by Tissue's law: it predicts them to the noise level.
     tissue_made = [curve(w, noise=0.0005, seed=i) for i, w in enumerate((0.0, 0.2, 0.5))]
-    cl = al.fit_cell("tissue-made", tissue_made, ScheduleConfig(warmdown=0.5), 300, 1.0, None, lambdas=(0.95, LAM))
+    cl = cell_fit.fit_cell("tissue-made", tissue_made, ScheduleConfig(warmdown=0.5), 300, 1.0, None, lambdas=(0.95, LAM))
     assert cl.heldout_error["tissue"] < 2e-3 and cl.mpl is not None
     assert cl.predicted_optimum == (cl.mpl_optimum if cl.law_used == "mpl" else cl.chosen["predicted_optimum"])
     # Without a held-out curve there is nothing to judge by: the simpler law.
-    cl = al.fit_cell("none", tissue_made[::2], ScheduleConfig(warmdown=0.5), 300, 1.0, None, fit_warmdowns=[0.0, 0.5])
+    cl = cell_fit.fit_cell("none", tissue_made[::2], ScheduleConfig(warmdown=0.5), 300, 1.0, None, fit_warmdowns=[0.0, 0.5])
     assert cl.law_used == "tissue" and np.isnan(cl.heldout_error["tissue"])
 
 

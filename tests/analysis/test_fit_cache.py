@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qat_lab.analysis import annealing_law as al, fit_cache, load, pipeline, report, synthetic
+from qat_lab.analysis import annealing_law as al, cell_fit, fit_cache, load, pipeline, report, synthetic
 from qat_lab.analysis.cells import CELL_ID
 from qat_lab.analysis.fit_cache import FitCache
 from tests.analysis.conftest import small_planted
@@ -58,7 +58,7 @@ def _one_cell_curves(sweep: Path) -> list[al.Curve]:
     runs = a.by_warmdown.table(a.table)
     cell = runs[runs["used"]].groupby(CELL_ID, sort=True)
     _, g = next(iter(cell))
-    curves, notes = al.cell_curves(g, {r.run_id: r.record for r in runset.runs}, runset.history)
+    curves, notes = cell_fit.cell_curves(g, {r.run_id: r.record for r in runset.runs}, runset.history)
     assert len(curves) == 3 and not notes
     return curves
 
@@ -66,7 +66,7 @@ def _one_cell_curves(sweep: Path) -> list[al.Curve]:
 def test_kept_fits_equal_the_fits_field_by_field(sweep, tmp_path):
     curves = _one_cell_curves(sweep)
     lambdas = al.scaled_lambdas(len(curves[0].trace.eta))
-    fresh = al.fit_laws(curves[:1], lambdas)
+    fresh = cell_fit.fit_laws(curves[:1], lambdas)
     back = fit_cache.from_json(json.loads(json.dumps(fit_cache.to_json(fresh))))
     assert back == fresh  # dataclass equality: every float to the bit, the MPL fit included
     assert back.mpl is not None and list(back.tissue) == sorted(fresh.tissue)

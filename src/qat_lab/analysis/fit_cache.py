@@ -2,7 +2,7 @@
 qatlab-analyze again on the same sweep (another --compare, --out or hold-out, a sweep grown by a
 few runs) reuses them instead of refitting every cell.
 
-What is kept is annealing_law.LawFits, the costly part of a cell's fit (Tissue's law at every λ,
+What is kept is cell_fit.LawFits, the costly part of a cell's fit (Tissue's law at every λ,
 the Multi-Power Law): everything the report derives from it (held-out errors, predicted optima,
 curves, tables) is recomputed from the kept parameters by the same code, so a report made from the
 cache is the report made without it, to the byte (tests/analysis/test_fit_cache.py).
@@ -10,8 +10,8 @@ cache is the report made without it, to the byte (tests/analysis/test_fit_cache.
 The key is a SHA-256 of everything the fit depends on:
 - the fitted curves: each one's warmdown, loss values, LR trace, warmup and trace source, as bytes;
 - the λ grid and whether the Multi-Power Law is fitted;
-- the fitting code itself (the source of annealing_law.py and multipower_law.py, which hold every
-  fitting setting) and the numpy and scipy versions, so an edit or an upgrade refits.
+- the fitting code itself (the source of annealing_law.py, multipower_law.py and cell_fit.py,
+  which hold every fitting setting) and the numpy and scipy versions, so an edit or an upgrade refits.
 
 A kept fit is untrusted input (a shared or copied cache folder): JSON, never pickle, and read back
 field by field against the dataclasses' types; a file that does not parse or does not match is a
@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from qat_lab.analysis import annealing_law, multipower_law
-from qat_lab.analysis.annealing_law import Curve, Fit, LawFits
+from qat_lab.analysis import annealing_law, cell_fit, multipower_law
+from qat_lab.analysis.annealing_law import Curve, Fit
+from qat_lab.analysis.cell_fit import LawFits
 from qat_lab.analysis.multipower_law import MPLFit
 from qat_lab.atomic import atomic_write
 from qat_lab.cache import cache_root
@@ -51,7 +52,7 @@ def default_dir() -> Path:
 @cache
 def _code_fingerprint() -> str:
     h = hashlib.sha256()
-    for module in (annealing_law, multipower_law):
+    for module in (annealing_law, multipower_law, cell_fit):
         h.update(Path(module.__file__).read_bytes())
     h.update(f"numpy {np.__version__} scipy {scipy.__version__} format {FORMAT}".encode())
     return h.hexdigest()
@@ -124,7 +125,7 @@ def from_json(data) -> LawFits:
 
 @dataclasses.dataclass
 class FitCache:
-    """annealing_law.fit_laws with its results kept under `directory` (see the module docstring)."""
+    """cell_fit.fit_laws with its results kept under `directory` (see the module docstring)."""
     directory: Path
     hits: int = 0
     misses: int = 0
@@ -166,13 +167,13 @@ class FitCache:
             self.unwritable = str(e)
 
     def fit_laws(self, curves: list[Curve], lambdas: tuple[float, ...], with_mpl: bool = True) -> LawFits:
-        """annealing_law.fit_laws, from the cache when it holds this fit (a fitter for fit_cell)."""
+        """cell_fit.fit_laws, from the cache when it holds this fit (a fitter for fit_cell)."""
         key = fit_key(curves, lambdas, with_mpl)
         kept = self.get(key)
         if kept is not None:
             self.hits += 1
             return kept
         self.misses += 1
-        fits = annealing_law.fit_laws(curves, lambdas, with_mpl)
+        fits = cell_fit.fit_laws(curves, lambdas, with_mpl)
         self.put(key, fits)
         return fits

@@ -109,7 +109,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize
 
-from qat_lab.analysis.annealing_law import CANDIDATE_FRACTIONS, HUBER_DELTA, LBFGS_OPTIONS, Curve, Trace
+from qat_lab.analysis.annealing_law import CANDIDATE_FRACTIONS, HUBER_DELTA, LBFGS_OPTIONS, Curve, FitOutcome, Trace
 from qat_lab.schedules import ScheduleConfig
 
 PARAM_NAMES = ("L0", "A", "alpha", "B", "C", "beta", "gamma")
@@ -523,17 +523,9 @@ def _polish(prob: _Problem, theta0: np.ndarray, delta: float):
 # ------------------------------------------------------------------------------ the fit
 
 @dataclass
-class MPLFit:
-    params: dict[str, float]
-    objective: float
-    success: bool
-    """L-BFGS-B's exit status for the best start (the last stage of its polish)."""
-    message: str
-    n_starts: int
-    """Starts polished (the best grid points, plus warm_start if given)."""
-    n_converged: int
-    """Of those, how many L-BFGS-B reported converged."""
-    n_points: int
+class MPLFit(FitOutcome):
+    """The Multi-Power Law's fit; success is the last stage's (L-BFGS-B), the starts are the best
+    grid points plus warm_start if given."""
     n_grid: int = 0
     """Grid points evaluated (each with its NNLS solve) to choose the starts."""
     trf_message: str = ""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from qat_lab.analysis import annealing_law, cells as cells_mod, comparisons, coverage as coverage_mod
+from qat_lab.analysis import annealing_law, cell_fit, cells as cells_mod, comparisons, coverage as coverage_mod
 from qat_lab.analysis import design as design_mod, grid_ratio, parallel, penalty_law, scorecard
 from qat_lab.analysis.cells import CELL_ID
 from qat_lab.analysis.design import Design
@@ -40,7 +40,7 @@ class Options:
     """'means' (per-size seed means, default) or 'seeds' (every seed-level point)."""
     anneal: bool = True
     anneal_fit_warmdowns: list[float] | None = None
-    """Warmdowns whose curves the annealing law is fitted on (default: see annealing_law.default_fit_warmdowns)."""
+    """Warmdowns whose curves the annealing law is fitted on (default: see cell_fit.default_fit_warmdowns)."""
     anneal_lambdas: tuple[float, ...] | None = None
     """The annealing law's lambda grid; None: scaled to each cell's run length (annealing_law.scaled_lambdas)."""
     workers: int | None = None
@@ -106,7 +106,7 @@ class Analysis:
     holdout_notes: list[str]
     ratios: pd.DataFrame
     missing_ratios: dict[str, list[int]]
-    cell_laws: list[annealing_law.CellLaw]
+    cell_laws: list[cell_fit.CellLaw]
     anneal_notes: list[str]
     claims: list[dict]
     seconds: dict[str, float]
@@ -162,11 +162,11 @@ def _fit_cell(cell: str, g: pd.DataFrame, records: dict, runset: RunSet, best: f
               cache: FitCache | None):
     """The annealing law of one cell, with notes on the runs it could not use, and what the fit
     cache did for it."""
-    curves, notes = annealing_law.cell_curves(g, records, runset.history)
+    curves, notes = cell_fit.cell_curves(g, records, runset.history)
     if not curves:
         return None, notes + [f"{cell}: no complete loss curve, no annealing fit"], {}
     first = records[g["run_id"].iloc[0]]
-    law = annealing_law.fit_cell(
+    law = cell_fit.fit_cell(
         cell, curves, annealing_law.schedule_of(first), int(g["steps"].iloc[0]),
         float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, best,
         options.anneal_fit_warmdowns, options.anneal_lambdas, fitter=cache.fit_laws if cache else None)
@@ -184,7 +184,7 @@ def _add_use(total: dict, use: dict) -> None:
 
 
 def annealing_laws(table: pd.DataFrame, wd: Along, runset: RunSet, options: Options
-                   ) -> tuple[list[annealing_law.CellLaw], list[str], dict]:
+                   ) -> tuple[list[cell_fit.CellLaw], list[str], dict]:
     """One annealing-law fit per warmdown cell (every key but warmdown and seed), whatever --compare
     is; and how the fit cache served them."""
     cache = FitCache(Path(options.fit_cache)) if options.fit_cache else None

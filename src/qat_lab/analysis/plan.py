@@ -5,7 +5,7 @@
 The pilots of a cell (every key but warmdown and seed, pipeline's cells) are a few warmdowns,
 e.g. constant LR (warmdown 0) and one warmdown run, over a few seeds. Per cell:
 
-1. The annealing laws are fitted on the pilots' curves (annealing_law.fit_cell: Tissue's law on its
+1. The annealing laws are fitted on the pilots' curves (cell_fit.fit_cell: Tissue's law on its
    λ grid and the Multi-Power Law; the law with the smaller held-out error is used, Tissue's when
    every pilot curve was fitted and none is left to judge by).
 2. Uncertainty of the predicted optimum: a bootstrap over seeds (whole runs, never points of one
@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from qat_lab.analysis import annealing_law as al
+from qat_lab.analysis import cell_fit
 from qat_lab.analysis import multipower_law as mpl
 from qat_lab.analysis.cells import CELL_ID
 from qat_lab.atomic import atomic_write
@@ -103,7 +103,7 @@ class CellPlan:
     seeds: list
     pilot_warmdowns: list[float]
     steps: int
-    law: al.CellLaw
+    law: cell_fit.CellLaw
     optima: np.ndarray
     """Predicted optimal warmdown (on the 0.02 candidate grid) of every bootstrap resample x λ."""
     grid: tuple[float, ...]
@@ -183,18 +183,18 @@ def _tissue_resample(curves: list[al.Curve], lambdas, etas_fine: np.ndarray, eta
 
 def _mpl_resample(curves: list[al.Curve], start: dict, schedule, steps: int, lr_mult: float, grid):
     """The Multi-Power Law refitted on one resample, from the full-data fit (one polish: fast)."""
-    fit = mpl.fit_mpl(curves, max_points=al.MPL_OPTIONS["max_points"], n_polish=0, warm_start=start)
+    fit = mpl.fit_mpl(curves, max_points=cell_fit.MPL_OPTIONS["max_points"], n_polish=0, warm_start=start)
     optimum, _ = mpl.predicted_optimum(fit.params, schedule, steps, lr_mult)
     final = mpl.predicted_final(fit.params, mpl.candidate_etas(schedule, steps, lr_mult, grid), schedule.warmup_steps)
     return [optimum], [final]
 
 
-def plan_cell(cell: str, runs: list[al.RunCurve], schedule, steps: int, lr_mult: float, fixed: list[str],
+def plan_cell(cell: str, runs: list[cell_fit.RunCurve], schedule, steps: int, lr_mult: float, fixed: list[str],
               grid=DEFAULT_GRID, resamples: int = DEFAULT_RESAMPLES, lambdas=None, seed: int = 0) -> CellPlan:
     """Fit the laws on a cell's pilot runs, bootstrap its seeds, and plan the sweep that checks it."""
     grid = tuple(sorted(float(g) for g in grid))
-    curves = al.mean_curves(runs)
-    law = al.fit_cell(cell, curves, schedule, steps, lr_mult, None, fit_warmdowns=[c.warmdown for c in curves]
+    curves = cell_fit.mean_curves(runs)
+    law = cell_fit.fit_cell(cell, curves, schedule, steps, lr_mult, None, fit_warmdowns=[c.warmdown for c in curves]
                       if len(curves) <= 2 else None, lambdas=lambdas)
     lambdas = law.lambdas
     etas_fine = al.candidate_etas(schedule, steps, lr_mult)
@@ -213,7 +213,7 @@ def plan_cell(cell: str, runs: list[al.RunCurve], schedule, steps: int, lr_mult:
         drawn = rng.choice(len(seeds), size=len(seeds), replace=True)
         # A seed drawn twice counts twice in the seed mean: that is the bootstrap's weight.
         sample = [r for i in drawn for r in runs if r.seed == seeds[i] and r.warmdown in fit_wds]
-        sample_curves = al.mean_curves(sample)
+        sample_curves = cell_fit.mean_curves(sample)
         if {c.warmdown for c in sample_curves} != fit_wds:  # a seed missing a warmdown: skip the draw
             continue
         o, f = (_mpl_resample(sample_curves, law.mpl.params, schedule, steps, lr_mult, grid) if use_mpl
@@ -247,7 +247,7 @@ def plan(runset, grid=DEFAULT_GRID, resamples: int = DEFAULT_RESAMPLES, lambdas=
     table = table[table["used"]]
     plans, notes = [], []
     for cell, g in table.groupby(CELL_ID, sort=False):
-        runs, cell_notes = al.cell_runs(g, records, runset.history)
+        runs, cell_notes = cell_fit.cell_runs(g, records, runset.history)
         notes += cell_notes
         first = records[g["run_id"].iloc[0]]
         schedule = al.schedule_of(first)

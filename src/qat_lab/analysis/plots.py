@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from qat_lab.analysis import annealing_law, penalty_law  # noqa: E402
+from qat_lab.analysis import annealing_law, cell_fit, penalty_law  # noqa: E402
 from qat_lab.analysis.cells import CELL_ID, fmt_value, label, ordered_levels, readable_order  # noqa: E402
 from qat_lab.analysis.design import bit_groups  # noqa: E402
 from qat_lab.atomic import atomic_output  # noqa: E402
@@ -268,7 +268,7 @@ def grid_distance_over_training(table: pd.DataFrame, history, group_axes: list[s
 ANNEAL_CELLS_PER_FIGURE = 3
 
 
-def annealing_fits(cell_laws: list[annealing_law.CellLaw], out: Path, max_figures: int) -> Drawn:
+def annealing_fits(cell_laws: list[cell_fit.CellLaw], out: Path, max_figures: int) -> Drawn:
     """Per cell (one row each, up to 3 per figure): observed vs fitted / predicted loss curves, and
     the law's final loss against warmdown fraction for every lambda."""
     fitted = [cl for cl in cell_laws if cl.best is not None]
@@ -281,7 +281,7 @@ def annealing_fits(cell_laws: list[annealing_law.CellLaw], out: Path, max_figure
     return _drawn(paths, chunks, len(fitted))
 
 
-def _annealing_row(cl: annealing_law.CellLaw, ax, ax2) -> None:
+def _annealing_row(cl: cell_fit.CellLaw, ax, ax2) -> None:
     best = cl.best
     wds = sorted(c.warmdown for c in cl.curves)
     lo, hi = math.inf, -math.inf
