@@ -66,6 +66,31 @@ def test_the_planner_finds_the_planted_optimum_within_one_grid_step(planned):
     assert p.seeds == [0, 1, 2] and p.pilot_warmdowns == [0.0, 0.5]
 
 
+def test_predicted_losses_are_put_on_the_final_evaluations_scale(tmp_path_factory):
+    """The offset is the pilots' mean of (final val_loss - last curve_loss) and shifts every law's
+    predicted final loss by exactly that, and no optimum."""
+    sweep = pilots(tmp_path_factory.mktemp("offset"))
+    runset = load.load_local([sweep])
+    for run in runset.runs:  # a run's final evaluation sits above its curve by a run-specific gap
+        Path(run.run_id).write_text(json.dumps({**run.record, "results": {
+            **run.record["results"], "val_loss": run.record["results"]["val_loss"] + 0.05 + 0.01 * run.record["axes"]["seed"]}}))
+    runset = load.load_local([sweep])
+    (p,), notes = plan.plan(runset, resamples=3)
+    gaps = []
+    for run in runset.runs:
+        hist = runset.history(run.run_id)
+        last = hist["curve_loss"].dropna().iloc[-1]
+        gaps.append(run.record["results"]["val_loss"] - last)
+    assert p.offset == pytest.approx(np.mean(gaps), abs=1e-12) and p.offset > 0.05
+    bare = al.predicted_final(p.law.best.params, p.law.best_lam, al.candidate_etas(
+        ScheduleConfig(warmdown=0.5), STEPS, 1.0, plan.DEFAULT_GRID))
+    assert np.allclose(p.law_final["tissue"], bare + p.offset, rtol=0, atol=1e-12)
+    assert np.allclose(p.point_final, p.law_final[p.law.law_used]) and set(p.law_final) == {"tissue", "mpl"}
+    (unshifted,), _ = plan.plan(load.load_local([pilots(tmp_path_factory.mktemp("plain"))]), resamples=3)
+    assert p.optimum == unshifted.optimum
+    assert f"offset {p.offset:+.4f}" in plan.render([p], notes) and p.to_json()["offset_to_val_loss"] == p.offset
+
+
 def test_the_printed_command_passes_the_preflight_with_the_expected_job_count(planned):
     (p,), _ = planned
     assert p.command.startswith("qatlab -m bits=16 lr_mult=1.0 model=cpu-xs warmdown=")

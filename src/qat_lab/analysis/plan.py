@@ -13,7 +13,13 @@ e.g. constant LR (warmdown 0) and one warmdown run, over a few seeds. Per cell:
    and the law refitted — pooled with the spread over λ (Tissue's law: every λ of the grid in every
    resample, because the data do not pin λ down). The 90% interval is the 5th-95th percentile of
    the optima so pooled; the predicted final loss of each grid warmdown gets one the same way.
-3. A cell is decisive when that interval, snapped to the user's grid, spans at most one grid step:
+3. Predicted final losses are put on the scale of the final evaluation. The laws are fitted to
+   `curve_loss` (one fixed held-out batch), whose last point differs from a run's final val_loss
+   (the whole val split, quantised round trip) by a nearly constant amount per run; the cell's
+   offset, the pilots' mean of (final val_loss - last curve_loss), is added to every predicted
+   final loss (CellPlan.offset). The offset moves no optimum: it only makes the predicted losses
+   comparable with the ones a sweep will report.
+4. A cell is decisive when that interval, snapped to the user's grid, spans at most one grid step:
    then the optimum and its two grid neighbours contain the whole interval, and the reduced sweep
    `qatlab -m <the cell's fixed overrides> warmdown=<those three> seed=<the pilots' seeds>` checks
    the prediction. An undecided cell gets the full grid.
@@ -110,8 +116,13 @@ class CellPlan:
     grid_final: np.ndarray
     """(resample x λ) x grid: predicted final loss of each grid warmdown."""
     point_final: np.ndarray
-    """The full-data fit's predicted final loss of each grid warmdown (the law used)."""
+    """The full-data fit's predicted final loss of each grid warmdown (the law used), offset included."""
     fixed: list[str]
+    law_final: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each law's ('tissue', 'mpl') full-data predicted final loss of each grid warmdown, offset included."""
+    offset: float = 0.0
+    """Added to every predicted final loss: the pilots' mean (final val_loss - last point of the fitted
+    curve), the calibration of curve_loss to the final evaluation (0 when the records lack either)."""
     notes: list[str] = field(default_factory=list)
     blocker: str = ""
     """Why the pilots cannot decide the cell whatever the interval says ('' when they can)."""
@@ -161,8 +172,10 @@ class CellPlan:
             "tissue_optimum": self.law.chosen.get("predicted_optimum"), "mpl_optimum": self.law.mpl_optimum,
             "predicted_optimum": self.optimum, "interval_90": [lo, hi], "n_resamples_x_lambda": len(self.optima),
             "decisive": self.decisive, "undecided_because": self.blocker or None, "edge_flags": self.law.edge_flags,
-            "grid": [{"warmdown": w, "predicted_final": float(p), "interval_90": [float(a), float(b)]}
-                     for w, p, a, b in zip(self.grid, self.point_final, q[0], q[1])],
+            "offset_to_val_loss": self.offset,
+            "grid": [{"warmdown": w, "predicted_final": float(p), "interval_90": [float(a), float(b)],
+                      **{f"predicted_final_{k}": float(v[i]) for k, v in self.law_final.items()}}
+                     for i, (w, p, a, b) in enumerate(zip(self.grid, self.point_final, q[0], q[1]))],
             "command": self.command, "runs": self.runs, "full_grid_runs": self.full_runs,
             "runs_saved": self.full_runs - self.runs, "steps_saved": (self.full_runs - self.runs) * self.steps,
             "notes": self.notes,
@@ -189,9 +202,26 @@ def _mpl_resample(curves: list[al.Curve], start: dict, schedule, steps: int, lr_
     return [optimum], [final]
 
 
+def final_offset(runs: list[cell_fit.RunCurve], records: dict[str, dict]) -> tuple[float, str]:
+    """(the mean over runs of final val_loss - the last point of the run's fitted curve, a note
+    when some run lacks it); 0 with a note when no run has both."""
+    gaps = []
+    for r in runs:
+        final = ((records.get(r.run_id) or {}).get("results") or {}).get("val_loss")
+        last = r.loss[np.isfinite(r.loss)]
+        if isinstance(final, (int, float)) and math.isfinite(final) and len(last):
+            gaps.append(float(final) - float(last[-1]))
+    if not gaps:
+        return 0.0, "no run has both a final val_loss and a curve: predicted losses are on the curve's scale"
+    note = "" if len(gaps) == len(runs) else f"offset to val_loss from {len(gaps)} of {len(runs)} runs"
+    return float(np.mean(gaps)), note
+
+
 def plan_cell(cell: str, runs: list[cell_fit.RunCurve], schedule, steps: int, lr_mult: float, fixed: list[str],
-              grid=DEFAULT_GRID, resamples: int = DEFAULT_RESAMPLES, lambdas=None, seed: int = 0) -> CellPlan:
-    """Fit the laws on a cell's pilot runs, bootstrap its seeds, and plan the sweep that checks it."""
+              grid=DEFAULT_GRID, resamples: int = DEFAULT_RESAMPLES, lambdas=None, seed: int = 0,
+              records: dict[str, dict] | None = None) -> CellPlan:
+    """Fit the laws on a cell's pilot runs, bootstrap its seeds, and plan the sweep that checks it
+    (records: the runs' records, for the offset to the final evaluation; None: no offset)."""
     grid = tuple(sorted(float(g) for g in grid))
     curves = cell_fit.mean_curves(runs)
     law = cell_fit.fit_cell(cell, curves, schedule, steps, lr_mult, None, fit_warmdowns=[c.warmdown for c in curves]
@@ -200,11 +230,11 @@ def plan_cell(cell: str, runs: list[cell_fit.RunCurve], schedule, steps: int, lr
     etas_fine = al.candidate_etas(schedule, steps, lr_mult)
     etas_grid = al.candidate_etas(schedule, steps, lr_mult, grid)
     use_mpl = law.law_used == "mpl"
-    if use_mpl:
-        point = mpl.predicted_final(law.mpl.params, mpl.candidate_etas(schedule, steps, lr_mult, grid),
-                                    schedule.warmup_steps)
-    else:
-        point = al.predicted_final(law.best.params, law.best_lam, etas_grid)
+    law_final = {"tissue": al.predicted_final(law.best.params, law.best_lam, etas_grid)}
+    if law.mpl is not None:
+        law_final["mpl"] = mpl.predicted_final(law.mpl.params, mpl.candidate_etas(schedule, steps, lr_mult, grid),
+                                               schedule.warmup_steps)
+    point = law_final["mpl" if use_mpl else "tissue"]
     seeds = sorted({r.seed for r in runs}, key=str)
     rng = np.random.default_rng(seed)
     optima, finals, notes = [], [], []
@@ -227,9 +257,13 @@ def plan_cell(cell: str, runs: list[cell_fit.RunCurve], schedule, steps: int, lr
     # A constant-LR curve says nothing about what annealing buys (S2 = 0 on it: C is free and the
     # fit sets it to 0, "predicting" warmdown 0 with no spread at all).
     blocker = "" if any(c.warmdown > 0 for c in curves) else "no pilot anneals: the annealing term is not measured"
+    offset, note = final_offset(runs, records) if records is not None else (0.0, "")
+    if note:
+        notes.append(note)
     return CellPlan(cell=cell, seeds=seeds, pilot_warmdowns=sorted({r.warmdown for r in runs}), steps=steps, law=law,
-                    optima=np.asarray(optima, dtype=float), grid=grid, grid_final=np.asarray(finals),
-                    point_final=np.asarray(point), fixed=fixed, notes=notes, blocker=blocker)
+                    optima=np.asarray(optima, dtype=float), grid=grid, grid_final=np.asarray(finals) + offset,
+                    point_final=np.asarray(point) + offset, fixed=fixed, notes=notes, blocker=blocker,
+                    law_final={k: v + offset for k, v in law_final.items()}, offset=offset)
 
 
 # ------------------------------------------------------------------------------ the sweep
@@ -256,7 +290,8 @@ def plan(runset, grid=DEFAULT_GRID, resamples: int = DEFAULT_RESAMPLES, lambdas=
             continue
         fixed, note = fixed_overrides([records[r] for r in g["run_id"]])
         p = plan_cell(cell, runs, schedule, int(g["steps"].iloc[0]),
-                      float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, fixed, grid, resamples, lambdas, seed)
+                      float(g["lr_mult"].iloc[0]) if "lr_mult" in g else 1.0, fixed, grid, resamples, lambdas, seed,
+                      records)
         if note:
             p.notes.append(note)
         if not fixed:
@@ -289,7 +324,7 @@ def render(plans: list[CellPlan], notes: list[str]) -> str:
                 f"- predicted optimum {fmt(p.optimum)} (grid), 90% interval [{lo:.2f}, {hi:.2f}] over "
                 f"{len(p.optima)} resample x λ fits: "
                 + ("**decisive**" if p.decisive else f"**undecided** ({p.blocker or 'interval wider than one grid step'})"),
-                "- predicted final loss: " + ", ".join(
+                f"- predicted final val loss (curve + offset {p.offset:+.4f}): " + ", ".join(
                     f"{fmt(w)}: {f:.4f}" for w, f in zip(p.grid, p.point_final))]
         out += [f"- flag: {f}" for f in p.law.edge_flags] + [f"- note: {n}" for n in p.notes]
         out += ["", f"    {p.command}", "",
