@@ -44,8 +44,8 @@ def compose(preset: str, *, bits: int = 16, optim: str = "muon", run_steps: int 
 
     - logger=none: W&B is not part of the training loop being measured.
     - trainer.accelerator=cpu: both loops must run on the same device, also on a machine with a GPU.
-    - periodic_eval=False switches the grid-distance and quick-validation passes off
-      (grid_every=0, val_every=0, and warmdown=0 so the pre-warmdown grid snapshot at step t0 falls
+    - periodic_eval=False switches the grid-distance, quick-validation and loss-curve passes off
+      (grid_every=0, val_every=0, curve_every=0, and warmdown=0 so the pre-warmdown grid snapshot at step t0 falls
       after the last step). They are evaluation work at fixed steps, which the bare loop does not
       do; left on, whether one lands inside a timed window would decide the Lightning-vs-bare
       ratio. Their cost is measured on its own (periodic_eval_costs). The callbacks themselves
@@ -54,7 +54,7 @@ def compose(preset: str, *, bits: int = 16, optim: str = "muon", run_steps: int 
     overrides = [f"model={preset}", f"bits={bits}", f"optim={optim}", "logger=none",
                  "trainer.accelerator=cpu", f"trainer.steps={run_steps}"]
     if not periodic_eval:
-        overrides += ["trainer.grid_every=0", "trainer.val_every=0", "warmdown=0"]
+        overrides += ["trainer.grid_every=0", "trainer.val_every=0", "trainer.curve_every=0", "warmdown=0"]
     with hydra.initialize_config_module(config_module="qat_lab.conf", version_base="1.3"):
         cfg = hydra.compose("config", overrides=overrides)
     return build_spec(cfg)
@@ -188,15 +188,18 @@ def matmul_peak(size: int, reps: int) -> float:
 
 
 def periodic_eval_costs(spec: RunSpec, data: LMDataModule, reps: int = 3) -> dict[str, float]:
-    """Seconds for one grid-distance measurement and one quick validation (median of `reps`).
+    """Seconds for one grid-distance measurement, one quick validation and one point of the loss
+    curve (median of `reps`).
 
     `spec` must carry the project's cadence (compose(..., periodic_eval=True)): the quick
-    validation reads trainer.val_batches batches, as QuickValidation does.
+    validation reads trainer.val_batches batches, as QuickValidation does, and the curve
+    trainer.curve_batches, as LossCurve does.
     """
     torch.manual_seed(spec.seed)
     model = GPT(spec.model, data.vocab_size)
     apply_qat(model, spec.quant)
     batches = data.eval_batches(spec.trainer.val_batches * spec.data.batch_size * spec.data.seq_len)
+    curve = data.eval_batches(spec.trainer.curve_batches * spec.data.batch_size * spec.data.seq_len)
 
     def median_time(fn) -> float:
         fn()  # first call allocates
@@ -208,7 +211,8 @@ def periodic_eval_costs(spec: RunSpec, data: LMDataModule, reps: int = 3) -> dic
         return statistics.median(times)
 
     return {"grid_s": median_time(lambda: grid_distance(model, spec.quant)),
-            "val_s": median_time(lambda: mean_loss(model, batches))}
+            "val_s": median_time(lambda: mean_loss(model, batches)),
+            "curve_s": median_time(lambda: mean_loss(model, curve))}
 
 
 def strong_ptq_cost(spec: RunSpec, data: LMDataModule) -> dict[str, float]:
