@@ -12,6 +12,7 @@ Nothing heavy (torch, Lightning) is imported until a job runs or a model must be
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import itertools
 import math
@@ -205,7 +206,9 @@ def _numeric_group_value(job: list[str]) -> str:
 
 
 def _override_error(message: str, job: list[str]) -> str:
-    """Hydra's "Could not override 'x'" with its hint, plus the nearest existing key."""
+    """Hydra's "Could not override 'x'" as one line: for a key of a config group, the dataclass the
+    job's choice of that group builds (optim=adamw -> AdamWConfig), the nearest of its settings and
+    all of them; for other keys, the nearest existing key."""
     import re
 
     m = re.search(r"Could not override '([^']+)'", message)
@@ -213,10 +216,50 @@ def _override_error(message: str, job: list[str]) -> str:
         return _one_line(message)
     key = m.group(1)
     given = next((o for o in job if o.split("=")[0].lstrip("+~") == key), key)
-    known = _known_keys(key)
+    group, _, name = key.partition(".")
+    built = _group_dataclass(group, [o for o in job if o != given]) if name and "." not in name else None
+    if built is not None:
+        cls, choice = built
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        near = difflib.get_close_matches(name, known, n=1)
+        notes = ([f"{group}={choice}"] if choice else []) + ([f"did you mean {group}.{near[0]}?"] if near else [])
+        aside = f" ({'; '.join(notes)})" if notes else ""
+        return f"{given}: {key} is not a setting of {cls.__name__}{aside}; known: {', '.join(known)}"
+    if not name:  # a top-level key
+        from qat_lab.config import TOP_LEVEL
+
+        near = difflib.get_close_matches(key, TOP_LEVEL, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        return f"{given}: {key} is not a qatlab setting{hint}; top-level keys: {', '.join(TOP_LEVEL)}"
+    known = [k for k in _known_keys(key) if k != key]
     near = difflib.get_close_matches(key, known, n=1)
     hint = f" (did you mean {near[0]}?)" if near else ""
     return f"{given}: {key} is not a setting{hint}"
+
+
+def _group_dataclass(group: str, job: list[str]):
+    """(the dataclass `group` builds in this job, the group's chosen option), or None: the job is
+    composed without its bad override (the default config if that fails too)."""
+    from hydra import compose
+    from hydra.utils import get_class
+
+    for overrides, own in ((job, True), ([], False)):
+        try:
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        except Exception:  # another bad override: the default config still names the group's class
+            continue
+        node = cfg.get(group)
+        target = node.get("_target_") if hasattr(node, "get") else None
+        if not target:
+            return None
+        try:
+            cls = get_class(str(target))
+        except Exception:
+            return None
+        if not dataclasses.is_dataclass(cls):
+            return None
+        return cls, (cfg.hydra.runtime.choices.get(group) if own else None) or None
+    return None
 
 
 _KNOWN_KEYS: list[str] = []
@@ -258,9 +301,12 @@ def sweep_overrides(overrides: list[str], multirun: bool) -> list[str]:
     fixed = [o.input_line for o in _parse(overrides) if not o.is_sweep_override()]
     params = dict(_compose(fixed, with_hydra=True).hydra.sweeper.params or {})
     if not multirun:
-        sweeps = [o.input_line for o in _parse(overrides) if o.is_sweep_override()]
+        sweeps = [o for o in _parse(overrides) if o.is_sweep_override()]
+        for o in sweeps:
+            if not o.is_discrete_sweep():  # -m would not help: say what would
+                raise ConfigError(_needs_sampler(o))
         if sweeps:
-            raise ConfigError(f"{sweeps[0]} is a sweep: add -m (qatlab -m {' '.join(overrides)})")
+            raise ConfigError(f"{sweeps[0].input_line} is a sweep: add -m (qatlab -m {' '.join(overrides)})")
         if params:
             preset = next((o for o in overrides if o.startswith("experiment=")), "this preset")
             raise ConfigError(f"{preset} is a sweep of {_count(params)} jobs: run it with -m (qatlab -m "
@@ -274,26 +320,36 @@ def _count(params: dict) -> int:
                      for o in _parse([f"{k}={v}" for k, v in params.items()]))
 
 
-def expand(overrides: list[str]) -> tuple[int, list[list[str]]]:
-    """(number of jobs, the jobs to compose): every job when there are at most MAX_PREFLIGHT_JOBS,
-    else a covering subset in which every value of every axis appears. Hydra's BasicSweeper
-    semantics: discrete sweeps (a,b / range / glob / choice) only; a later value of a key wins."""
-    from collections import OrderedDict
+def _needs_sampler(o) -> str:
+    return (f"{o.input_line}: {o.value_type.name.lower().replace('_', ' ')} needs a sampling sweeper (e.g. Optuna); "
+            "qatlab's sweeps take lists: a,b,c, range(...), glob(...)")
 
-    axes: OrderedDict[str, list[str]] = OrderedDict()
+
+def sweep_axes(overrides: list[str]) -> dict[str, list[str]]:
+    """{key: its distinct job overrides ('bits=4', ...)}, in command-line order, as Hydra's
+    BasicSweeper reads the command: discrete sweeps (a,b / range / glob / choice) only, a later
+    value of a key wins. A value listed twice (bits=16.0,16 once normalised) is one job dir, so
+    it is one job here."""
+    axes: dict[str, list[str]] = {}
     for o in _parse(overrides):
         key = o.get_key_element()
         if o.is_sweep_override():
             if not o.is_discrete_sweep():
-                raise ConfigError(f"{o.input_line}: {o.value_type.name.lower().replace('_', ' ')} needs a sampling "
-                                  "sweeper (e.g. Optuna); qatlab's sweeps take lists: a,b,c, range(...), glob(...)")
-            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+                raise ConfigError(_needs_sampler(o))
+            values = list(dict.fromkeys(f"{key}={v}" for v in o.sweep_string_iterator()))
             if not values:
                 raise ConfigError(f"{o.input_line} matches no value")
             axes[key] = values
         else:
             axes[key] = [o.input_line]
-    lists = list(axes.values())
+    return axes
+
+
+def expand(overrides: list[str]) -> tuple[int, list[list[str]]]:
+    """(number of distinct jobs, the jobs to compose): every job when there are at most
+    MAX_PREFLIGHT_JOBS, else a covering subset in which every value of every axis appears
+    (sweep_axes: Hydra's BasicSweeper semantics)."""
+    lists = list(sweep_axes(overrides).values())
     count = math.prod(len(v) for v in lists)
     if count <= MAX_PREFLIGHT_JOBS:
         return count, [list(c) for c in itertools.product(*lists)]
@@ -397,21 +453,24 @@ def check_output_dir(path: str | Path) -> None:
                           f"{existing})")
 
 
-def preflight(overrides: list[str], multirun: bool = True) -> int:
-    """Compose and validate every job; raise ConfigError/DataError with one line. Returns job count."""
+def preflight(overrides: list[str], multirun: bool = True, given: list[str] | None = None) -> int:
+    """Compose and validate every job; raise ConfigError/DataError with one line. Returns the
+    number of distinct jobs (job dirs). `given`: the command line before normalise(), for the
+    words of the warning about jobs that would train the same model."""
     from omegaconf import OmegaConf
 
     from qat_lab.data.check import check_data
 
     with _config_module():
-        count, jobs = expand(sweep_overrides(overrides, multirun))
+        swept = sweep_overrides(overrides, multirun)
+        count, jobs = expand(swept)
         checked_data: set[str] = set()
         local = _launcher(jobs[0]) == "basic"  # jobs run on this machine (not on Slurm nodes)
-        identities: dict[str, list[str]] = {}
+        entries: list[_Job] = []
         for job in jobs:
             cfg = _compose(job)
             spec = validate_job(cfg)
-            identities.setdefault(_job_identity(cfg, spec), []).append(" ".join(job))
+            entries.append(_Job(job, _job_identity(cfg, spec), spec.data))
             key = repr(spec.data)
             if key not in checked_data:
                 check_data(spec.data)
@@ -423,25 +482,178 @@ def preflight(overrides: list[str], multirun: bool = True) -> int:
                 # local multirun would start the whole sweep again in every process.
                 raise ConfigError(f"trainer.devices={spec.trainer.devices} needs one process per device: in a sweep use "
                                   "launcher=slurm with hydra.launcher.tasks_per_node=<devices>, or run single jobs")
-        same = [group for group in identities.values() if len(group) > 1]
-        if same:
-            print(f"qatlab: warning: {sum(len(g) - 1 for g in same)} job(s) would train exactly the same model as "
-                  f"another (e.g. '{same[0][0]}' and '{same[0][1]}': a cosine or constant schedule has no warmdown, "
-                  "and bits=16 ignores the quantiser settings); drop the axis that changes nothing", file=sys.stderr)
         hydra_cfg = _compose(jobs[0], with_hydra=True).hydra
         out = OmegaConf.select(hydra_cfg, "sweep.dir" if multirun else "run.dir")
         check_output_dir(str(out))
+        warning = duplicates_warning(entries, swept, given)
+    if warning:
+        print(warning, file=sys.stderr)
     return count
 
 
-def _job_identity(cfg, spec) -> str:
-    """The composed job's identity (records.identity, as the analysis will see it), as a string."""
+# --- jobs that would train the same model -------------------------------------------------------
+
+DATA_LOCATION = ("path", "data.path", "data.glob", "data.train_glob", "data.val_glob", "data.tokenizer_file")
+"""Where the data is read from: records.identity replaces these by content fingerprints."""
+
+
+@dataclasses.dataclass
+class _Job:
+    """One job of the command: its overrides, its identity without the data label, its data."""
+
+    overrides: list[str]
+    identity: dict
+    data: object
+
+    @property
+    def key(self) -> str:
+        return repr(sorted(self.identity.items(), key=lambda kv: kv[0]))
+
+    @property
+    def name(self) -> str:
+        """The job as the user wrote it, without bookkeeping (hydra.*) overrides."""
+        return " ".join(o for o in self.overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/")))
+
+
+def _job_identity(cfg, spec) -> dict:
+    """The composed job's identity (records.identity, as the analysis will see it) before its data
+    is read: the `data` label (text:corp) is left out, as the record leaves it out for the content
+    fingerprint, which _same_model reads only for jobs equal in everything else."""
     from omegaconf import OmegaConf
 
+    return _identity(OmegaConf.to_container(cfg, resolve=True), spec.axes())
+
+
+def _identity(config: dict, axes: dict) -> dict:
     from qat_lab.records.identity import run_identity
 
-    ident = run_identity({"config": OmegaConf.to_container(cfg, resolve=True), "axes": spec.axes()})
-    return repr(sorted(ident.items(), key=lambda kv: kv[0]))
+    ident = run_identity({"config": config, "axes": axes})
+    ident.pop("data", None)
+    return ident
+
+
+def _data_content(data) -> tuple:
+    """What the run record identifies this data by (records.identity.DATA_FACTS): the corpus
+    fingerprint the data module records (the SHA-256 of every document of a text corpus, the
+    sampled fingerprint of HF files and shards) and the SHA-256 of a tokenizer file."""
+    try:
+        if data.corpus == "shards":
+            from qat_lab.data.shards import find_shards, sampled_fingerprint
+
+            root = Path(data.path).expanduser()
+            fingerprint = sampled_fingerprint([*find_shards(root, data.train_glob), *find_shards(root, data.val_glob)],
+                                              root)
+        elif data.corpus == "hf":
+            import json
+
+            from qat_lab.data import hf
+            from qat_lab.data.shards import sampled_fingerprint
+
+            root, files = hf.find_files(data.path, data.glob)
+            facts = {"format": hf.infer_format(files, data.hf_format), "text_field": data.text_field}
+            fingerprint = sampled_fingerprint(files, root, extra=json.dumps(facts, sort_keys=True).encode())
+        else:
+            from qat_lab.data.corpora import load_corpus
+
+            fingerprint = load_corpus(data.corpus, data.path, data.glob).fingerprint
+        tokenizer = None
+        if data.tokenizer == "file":
+            from qat_lab.data.bpe import HFTokenizer
+
+            tokenizer = HFTokenizer.from_file(data.tokenizer_file or str(Path(data.path) / "tokenizer.json")).sha256
+    except Exception:  # noqa: BLE001 - unreadable here (the dry run checks no data): not known to be the same data
+        return ("unread", repr(data))
+    return fingerprint, tokenizer
+
+
+def _same_model(entries: list[_Job]) -> list[list[_Job]]:
+    """Groups of jobs with equal identities, data by content: jobs equal in everything but where
+    their data is read from are told apart by content fingerprint (read once per data config,
+    and only for them); two paths to the same content are the same data."""
+    groups: dict[str, list[_Job]] = {}
+    for e in entries:
+        groups.setdefault(e.key, []).append(e)
+    content: dict[str, tuple] = {}
+    out = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        if len({repr(e.data) for e in group}) == 1:
+            out.append(group)
+            continue
+        by_content: dict[tuple, list[_Job]] = {}
+        for e in group:
+            key = repr(e.data)
+            if key not in content:
+                content[key] = _data_content(e.data)
+            by_content.setdefault(content[key], []).append(e)
+        out += [g for g in by_content.values() if len(g) > 1]
+    return out
+
+
+def _why_same(a: _Job, b: _Job) -> str:
+    """Which keys differ in the two jobs' commands but not in their composed configs, and why."""
+    from qat_lab.records.identity import BOOKKEEPING, FP_BITS, under
+
+    def values(job: _Job) -> dict[str, str]:
+        return {k.lstrip("+~"): v for k, _, v in (o.partition("=") for o in job.overrides)
+                if not k.lstrip("+~").startswith(("hydra.", "hydra/"))}
+
+    va, vb = values(a), values(b)
+    keys = [k for k in dict.fromkeys([*va, *vb]) if va.get(k) != vb.get(k)]
+    ident = a.identity
+    reasons = []
+    for k in keys:
+        if k == "warmdown" and ident.get("schedule.kind") in ("cosine", "constant"):
+            reasons.append(f"schedule={ident['schedule.kind']} has no warmdown window")
+        elif (k.startswith("quant.") or k == "qat_start") and ident.get("bits") == FP_BITS:
+            reasons.append("bits=16 does not quantise, so the quantiser settings change nothing")
+        elif k in DATA_LOCATION or k == "data":
+            reasons.append("both hold the same content, and data is identified by content")
+        elif under(k, BOOKKEEPING):
+            reasons.append(f"{k} is bookkeeping: what is measured, logged or kept, not the model")
+    shown = ", ".join(keys) or "nothing"
+    why = f" ({'; '.join(dict.fromkeys(reasons))})" if reasons else ""
+    return f"{shown} differ{'s' if len(keys) == 1 else ''} in the command but not in the composed config{why}"
+
+
+def _listed_twice(swept: list[str], given: list[str] | None) -> tuple[int, str]:
+    """(jobs Hydra launches twice because a sweep names one value twice, e.g. bits=16.0,16 once
+    normalised; the words for it). Each runs once: the second finds the first one's record."""
+    last = {o.get_key_element(): o for o in _parse(swept)}  # a later value of a key wins
+    full = distinct = 1
+    example = ""
+    for key, o in last.items():
+        if not (o.is_sweep_override() and o.is_discrete_sweep()):
+            continue
+        values = list(o.sweep_string_iterator())
+        full, distinct = full * len(values), distinct * len(set(values))
+        if len(set(values)) < len(values) and not example:
+            twice = next(v for v in values if values.count(v) > 1)
+            original = [t.partition("=")[2] for t in (given or []) if t.partition("=")[0].lstrip("+~") == key]
+            forms = []
+            if original and "," in original[-1]:
+                raw = original[-1].split(",")
+                if len(raw) == len(values):
+                    forms = list(dict.fromkeys(r for r, v in zip(raw, values) if v == twice))
+            example = (" and ".join(f"{key}={f}" for f in forms) + " are the same value" if len(forms) > 1
+                       else f"{key}={twice} is listed twice")
+    return full - distinct, example
+
+
+def duplicates_warning(entries: list[_Job], swept: list[str], given: list[str] | None = None) -> str | None:
+    """The one warning line about jobs that would train exactly the same model as another: the
+    count, an example pair, and what makes them the same; None when every job is its own."""
+    parts = []
+    same = _same_model(entries)
+    if same:
+        a, b = same[0][0], same[0][1]
+        parts.append(f"{sum(len(g) - 1 for g in same)} job(s) would train exactly the same model as another "
+                     f"(e.g. '{a.name}' and '{b.name}': {_why_same(a, b)}); drop the axis that changes nothing")
+    twice, example = _listed_twice(swept, given)
+    if twice:
+        parts.append(f"{twice} job(s) are listed twice ({example}): one job dir each, trained once")
+    return "qatlab: warning: " + "; ".join(parts) if parts else None
 
 
 def _launcher(job: list[str]) -> str:
@@ -455,23 +667,24 @@ GPU_PEAK_BF16 = 989e12
 """Dense bf16 peak of an H100 SXM (NVIDIA's datasheet), for GPU-hour estimates at 40% MFU."""
 
 
-def dry_run(overrides: list[str], multirun: bool) -> str:
-    """What a command would launch: job count, tokens and training compute, per model."""
+def dry_run(overrides: list[str], multirun: bool, given: list[str] | None = None) -> str:
+    """What a command would launch: distinct jobs (one per job dir, as a real run makes them),
+    tokens and training compute, per model. Jobs that would train the same model get the
+    preflight's warning line (on stderr)."""
+    from qat_lab.config import build_spec
+
     with _config_module():
-        parsed = _parse(sweep_overrides(overrides, multirun))
-        axes: dict[str, list[str]] = {}
-        for o in parsed:
-            key = o.get_key_element()
-            axes.pop(key, None)
-            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        swept = sweep_overrides(overrides, multirun)
+        axes = sweep_axes(swept)
         cheap = [v for k, v in axes.items() if k in CHEAP_AXES]
         per_combo = math.prod(len(v) for v in cheap)
         rows: dict[str, dict] = {}
+        entries: list[_Job] = []
         for combo in itertools.product(*[v for k, v in axes.items() if k not in CHEAP_AXES]):
             job = list(combo) + [v[0] for v in cheap]
-            from qat_lab.config import build_spec
-
-            spec = build_spec(_compose(job))
+            cfg = _compose(job)
+            spec = build_spec(cfg)
+            entries += _cheap_variants(cfg, spec, list(combo), cheap, order=list(axes))
             tokens = spec.trainer.steps * spec.data.batch_size * spec.data.seq_len
             flops = tokens * spec.model.flops_per_token(256, spec.data.seq_len)
             row = rows.setdefault(spec.model.name, {"jobs": 0, "steps": set(), "tokens": 0, "flops": 0.0,
@@ -480,6 +693,9 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
             row["steps"].add(spec.trainer.steps)
             row["tokens"] += tokens * per_combo
             row["flops"] += flops * per_combo
+        warning = duplicates_warning(entries, swept, given)
+    if warning:
+        print(warning, file=sys.stderr)
     total_jobs = sum(r["jobs"] for r in rows.values())
     lines = [f"{total_jobs} jobs", "", "| model | jobs | steps/job | tokens (all jobs) | training PFLOP (all jobs) |",
              "|---|---|---|---|---|"]
@@ -503,7 +719,58 @@ def dry_run(overrides: list[str], multirun: bool) -> str:
     return "\n".join(lines)
 
 
+AXIS_MIRRORS = {"quant.bits", "schedule.warmdown"}
+"""The group keys that read a cheap axis by interpolation (conf/quant, conf/schedule)."""
+
+
+def _cheap_variants(cfg, spec, combo: list[str], cheap: list[list[str]], order=()) -> list[_Job]:
+    """The dry run's jobs of one composed combination, one per combination of the cheap axes'
+    values, each with its identity. The axes are plain top-level values (the groups read them
+    only through AXIS_MIRRORS, which identities drop), so each identity is the composed one with
+    the values set: 720 jobs of a preset cost a few ms. A value that is not a plain number, or a
+    config that reads an axis anywhere else, is composed job by job instead. `order`: the keys in
+    command-line order (the preflight's order of a job's overrides)."""
+    import re
+
+    from omegaconf import OmegaConf
+
+    from qat_lab.config import build_spec
+    from qat_lab.records.identity import flatten
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    readers = {k for k, v in flatten(OmegaConf.to_container(cfg, resolve=False)).items()
+               if isinstance(v, str) and "${" in v and re.search(r"\b(bits|warmdown|lr_mult|seed)\b", v)}
+    base_axes = spec.axes()
+    rank = {k: i for i, k in enumerate(order)}
+    out = []
+    for values in itertools.product(*cheap):
+        job = combo + list(values)
+        job.sort(key=lambda t: rank.get(t.partition("=")[0].lstrip("+~"), len(rank)))
+        numbers = {k: _plain_number(v) for k, _, v in (t.partition("=") for t in values)}
+        if readers - AXIS_MIRRORS or None in numbers.values():
+            exact = _compose(job)
+            out.append(_Job(job, _job_identity(exact, build_spec(exact)), spec.data))
+        else:
+            out.append(_Job(job, _identity({**config, **numbers}, {**base_axes, **numbers}), spec.data))
+    return out
+
+
+def _plain_number(text: str) -> int | float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(value):
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
 def _duration(hours: float) -> str:
+    seconds = hours * 3600
+    if seconds < 1:
+        return "under a second"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
     return f"{hours * 60:.0f} min" if hours < 2 else f"{hours:.1f} h"
 
 
@@ -558,11 +825,11 @@ def main() -> None:
     if overrides is not None:
         try:
             with _config_module():  # one Hydra initialisation for normalising and checking
-                overrides = normalise(overrides)
+                given, overrides = overrides, normalise(overrides)
                 if "--dry-run" in argv:
-                    print(dry_run(overrides, multirun))
+                    print(dry_run(overrides, multirun, given))
                     return
-                preflight(overrides, multirun)
+                preflight(overrides, multirun, given)
         except (ConfigError, DataError) as e:
             print(f"qatlab: error: {e}", file=sys.stderr)
             sys.exit(2)

@@ -15,6 +15,7 @@ saying so, and the job starts from step 0.
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from qat_lab.atomic import atomic_output
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "qatlab-checkpoint/1"
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
+"""Terminal escape sequences (CSI such as bold \\x1b[1m, and the two-byte ones)."""
 
 
 def set_aside(path: Path, why: str) -> Path:
@@ -54,7 +57,8 @@ def load_checkpoint(job_dir: str | Path, fingerprint: str, steps: int) -> tuple[
         state = torch.load(path, map_location="cpu", weights_only=True)
         problem = _problem(state, fingerprint, steps)
     except Exception as e:  # torch raises many types for a bad file (zip, pickle, EOF, ...)
-        problem = f"cannot be read ({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        text = _ANSI.sub("", str(e)).strip()  # torch marks up its message for terminals
+        problem = f"cannot be read ({type(e).__name__}: {text.splitlines()[0][:200] if text else ''})"
     if problem is None:
         return state, None
     aside = set_aside(path, "unusable")
