@@ -27,46 +27,41 @@ from qat_lab.quant.config import QuantConfig
 from qat_lab.quant.fake_quant import fake_quantise, quantise_dequantise
 
 
-def _wrap(mod: nn.Module, cls: type, qcfg: QuantConfig) -> nn.Module:
-    # Re-class in place: keeps the very same Parameter objects (tying, optimiser routing).
-    mod.__class__ = cls
-    mod.qcfg = qcfg
-    # Not persistent: the state is a function of the step (QuantConfig.start_step), and a
-    # state_dict keeps the same keys with QAT on, off, or absent (bits=16).
-    mod.register_buffer("qat_on", torch.ones((), dtype=torch.bool, device=mod.weight.device), persistent=False)
-    return mod
-
-
-def _weight(mod: nn.Module) -> torch.Tensor:
-    """The weight the forward pass sees: fake-quantised while qat_on, latent otherwise."""
-    return torch.where(mod.qat_on, fake_quantise(mod.weight, mod.qcfg.bits, mod.qcfg), mod.weight)
-
-
-class FakeQuantLinear(nn.Linear):
-    """An nn.Linear whose forward uses the fake-quantised weight while `qat_on`; the Parameter is unchanged."""
+class FakeQuantised:
+    """What a wrapped module adds to its torch class: the quantiser's config, the `qat_on` switch,
+    and the weight its forward sees (fake-quantised while qat_on, latent otherwise). The Parameter
+    itself is never replaced."""
 
     qcfg: QuantConfig
+    qat_on: torch.Tensor
 
     @classmethod
-    def wrap(cls, lin: nn.Linear, qcfg: QuantConfig) -> "FakeQuantLinear":
-        return _wrap(lin, cls, qcfg)  # type: ignore[return-value]
+    def wrap(cls, mod: nn.Module, qcfg: QuantConfig) -> nn.Module:
+        # Re-class in place: keeps the very same Parameter objects (tying, optimiser routing).
+        mod.__class__ = cls
+        mod.qcfg = qcfg
+        # Not persistent: the state is a function of the step (QuantConfig.start_step), and a
+        # state_dict keeps the same keys with QAT on, off, or absent (bits=16).
+        mod.register_buffer("qat_on", torch.ones((), dtype=torch.bool, device=mod.weight.device), persistent=False)
+        return mod
+
+    def seen_weight(self) -> torch.Tensor:
+        return torch.where(self.qat_on, fake_quantise(self.weight, self.qcfg.bits, self.qcfg), self.weight)
+
+
+class FakeQuantLinear(FakeQuantised, nn.Linear):
+    """An nn.Linear whose forward uses the fake-quantised weight while `qat_on`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = _weight(self)
+        w = self.seen_weight()
         return F.linear(x, w.to(x.dtype) if w.dtype != x.dtype else w)
 
 
-class FakeQuantEmbedding(nn.Embedding):
+class FakeQuantEmbedding(FakeQuantised, nn.Embedding):
     """Embedding lookup through the fake-quantised table (only with quant.quantise_embedding)."""
 
-    qcfg: QuantConfig
-
-    @classmethod
-    def wrap(cls, emb: nn.Embedding, qcfg: QuantConfig) -> "FakeQuantEmbedding":
-        return _wrap(emb, cls, qcfg)  # type: ignore[return-value]
-
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return F.embedding(idx, _weight(self))
+        return F.embedding(idx, self.seen_weight())
 
 
 def quant_targets(model: GPT, qcfg: QuantConfig) -> dict[str, nn.Module]:
@@ -98,7 +93,7 @@ def apply_qat(model: GPT, qcfg: QuantConfig) -> list[str]:
 
 
 def _fake_quant_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (FakeQuantLinear, FakeQuantEmbedding))]
+    return [m for m in model.modules() if isinstance(m, FakeQuantised)]
 
 
 @torch.no_grad()
