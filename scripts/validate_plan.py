@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 from qat_lab.analysis import load, plan
 from qat_lab.analysis.load import RunSet
+from qat_lab.atomic import atomic_write
 
 
 def pilots_only(runset: RunSet, warmdowns: set[float]) -> RunSet:
@@ -89,9 +89,9 @@ def main() -> None:
     if notes:
         lines += ["", "Notes: " + "; ".join(notes)]
     text = "\n".join(lines) + "\n"
-    print(text)
+    print(text, end="")
     if args.out:
-        Path(args.out).write_text(text)
+        atomic_write(args.out, text)
 
 
 if __name__ == "__main__":

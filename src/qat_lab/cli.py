@@ -79,14 +79,11 @@ def _one_line(message: str) -> str:
 def _canonical_number(text: str, kind: str) -> str:
     """'16.0' -> '16', '1.0' -> '1', '.33' -> '0.33'; text that is not a number is left alone
     (the validators reject it with the key's own message)."""
-    try:
-        value = float(text)
-    except ValueError:
+    value = _plain_number(text)
+    if value is None:
         return text
-    if not math.isfinite(value):
-        return text
-    if value.is_integer() and abs(value) < 2**53:
-        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
     return text if kind == "int" else repr(value)
 
 

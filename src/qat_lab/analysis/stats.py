@@ -28,18 +28,26 @@ from scipy import stats
 
 @dataclass
 class Paired:
+    """A seed-paired comparison of two levels a, b: d_s = L(a, s) - L(b, s) over the shared seeds."""
     n: int
+    """Seeds in both levels."""
     mean: float
+    """Mean of d (> 0: b had the lower loss)."""
     sd: float
+    """Sample sd of d (ddof 1)."""
     t: float
+    """mean / (sd / sqrt(n)), the one-sample t statistic."""
     df: int
     p_t: float
+    """Two-sided p of t with n - 1 dof."""
     z: float
+    """The same statistic read as a z score (the paper's "paired z")."""
     p_z: float
     wins: int
     """Seeds where d > 0 (the second of the pair, b, had the lower loss)."""
     ties: int
     p_sign: float
+    """Exact two-sided sign test on the non-tied seeds."""
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -321,10 +321,14 @@ class PTQRecord:
     """What one ``ptq_weights`` swap did: the method, and the seconds spent computing the weights."""
 
     method: str
+    """'rtn', 'clip' or 'gptq'."""
     bits: int
     gptq_scales: str
+    """GPTQ's per-row scales: 'absmax' or 'clip' (the clip search's); recorded for every method."""
     seconds: float
+    """Computing the quantised weights (Hessians excluded: they are shared by every GPTQ swap)."""
     matrices: int
+    """Matrices swapped."""
 
     def record(self) -> dict:
         return asdict(self)
