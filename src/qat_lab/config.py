@@ -143,8 +143,8 @@ def check_devices(devices: Any) -> Any:
 class LoggerConfig:
     """Where metrics go besides the run record and metrics.csv (always written)."""
 
-    backend: Literal["wandb", "none"] = "wandb"
-    """'wandb' (Lightning's WandbLogger) or 'none'."""
+    backend: Literal["wandb", "tensorboard", "none"] = "wandb"
+    """'wandb' (Lightning's WandbLogger), 'tensorboard' (Lightning's TensorBoardLogger) or 'none'."""
     mode: Literal["offline", "online", "disabled"] = "offline"
     """W&B mode: 'offline' (default: no account, no network; `wandb sync` later), 'online' or 'disabled'.
     WANDB_MODE=disabled in the environment wins over this."""

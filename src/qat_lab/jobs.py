@@ -8,7 +8,9 @@ sweep, possibly in another process or on a Slurm node):
 2. skip a job whose record already says `completed` (re-running a sweep finishes what is missing);
 3. write the `running` record, train (qat_lab.train), and write the final one:
    completed | diverged (the run blew up: callbacks/divergence.py) | failed (an exception: its
-   traceback in error.txt; a full or read-only disk included) | interrupted (SIGINT/SIGTERM).
+   traceback in error.txt; a full or read-only disk included) | interrupted (SIGINT/SIGTERM);
+4. finish the job's loggers (qat_lab.loggers.JobLoggers) with that final status, whatever ended the
+   job: the W&B run's summary, status tag and exit code say what run.json says.
 A failed or diverged job never stops a sweep; an interrupted one does (qat_lab.interrupts), and
 the command then exits 128 + the signal number. Every outcome is one line on the console and in
 the job's log. Training itself (and Lightning) is imported only when a job trains.
@@ -28,11 +30,15 @@ from qat_lab import interrupts
 from qat_lab.atomic import atomic_write
 from qat_lab.config import build_spec
 from qat_lab.joblock import JobLock
+from qat_lab.loggers import JobLoggers
 from qat_lab.records import SCHEMA_VERSION, completed_record, job_identity, new_record, now, write_record
 
 log = logging.getLogger("qat_lab")
 FAILED: list[str] = []
 """Jobs of this process that failed (the CLI's exit code reads it, with the sweep's records)."""
+INTERRUPTED: list[str] = []
+"""Job dirs of this process whose record was written `interrupted` (empty when a signal came before
+any job's record existed, or when it could not be written): what the CLI's closing line may claim."""
 ERROR_CHARS = 800
 """The record's `error` is the exception's first line, cut to this length (the traceback is in error.txt)."""
 
@@ -88,7 +94,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
         quiet_lightning()
         spec = build_spec(cfg)
-        train(spec, cfg, ident, new_record(spec, ident, cfg), write=False, say=lambda line: None)
+        train(spec, cfg, ident, new_record(spec, ident, cfg), say=lambda line: None)
         return {}
     head = f"[{ident['job_num']}] {ident['job_name']}"
     job_dir = Path(ident["job_dir"])
@@ -121,12 +127,25 @@ def _run_locked(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, lock: Job
     if not _save(job_dir, record, head):
         FAILED.append(ident["job_name"])
         return {**record, "status": "failed"}
+    loggers = JobLoggers()
+    try:
+        return _train_and_record(cfg, spec, ident, job_dir, lock, head, record, loggers)
+    finally:
+        # The one place the loggers finish: after the final record, with its status, whatever
+        # ended the job (W&B's summary, status tag and exit code mirror run.json).
+        for problem in loggers.finish(record):
+            say(f"{head}: its logger could not be finished ({problem})")
+
+
+def _train_and_record(cfg: DictConfig, spec, ident: dict[str, Any], job_dir: Path, lock: JobLock, head: str,
+                      record: dict[str, Any], loggers: JobLoggers) -> dict[str, Any]:
+    """Train, then set and save the record's final status (an interrupted job re-raises after)."""
     wall = time.perf_counter()
     try:
         from qat_lab.train import quiet_lightning, train
 
         quiet_lightning()
-        train(spec, cfg, ident, record, say=say)
+        train(spec, cfg, ident, record, loggers, say=say)
     except (KeyboardInterrupt, SystemExit) as e:
         # Lightning turns Ctrl-C inside fit into SystemExit(1) after its own clean-up; the signal
         # itself is remembered by qat_lab.interrupts.
@@ -134,7 +153,8 @@ def _run_locked(cfg: DictConfig, ident: dict[str, Any], job_dir: Path, lock: Job
         reason = interrupts.name(signum) if signum else type(e).__name__
         record.update(status="interrupted", error=reason, finished_at=now())
         record["timing"]["wall_s"] = time.perf_counter() - wall
-        _save(job_dir, record, head)
+        if _save(job_dir, record, head):
+            INTERRUPTED.append(str(job_dir))
         say(f"{head}: interrupted ({reason})")
         if signum is not None:
             raise interrupts.Interrupted(signum) from None

@@ -1,4 +1,5 @@
-"""The run's W&B logger (Lightning's WandbLogger): set up, final summary, finish with the record's state.
+"""The job's loggers besides metrics.csv: W&B (Lightning's WandbLogger) or TensorBoard (Lightning's
+TensorBoardLogger); set up, final summary, finished with the record's final state.
 
 - Offline by default: no account, no network; `wandb sync <job dir>/wandb/offline-run-*` later.
   `logger=none`, `logger.mode=disabled`, or WANDB_MODE=disabled / WANDB_DISABLED=true in the
@@ -11,8 +12,14 @@
 - At the end the run summary gets every final result (records.content.summary_fields) and the
   run is finished with exit code 0 only if the record says completed: a failed, diverged or
   interrupted run shows as failed on the dashboard, as it is in its record.
-- One W&B run per job: several jobs in one process would otherwise log into the first run, so the
-  logger's own run object is finished in a `finally` (DESIGN.md, W&B facts).
+- `logger=tensorboard`: event files in <job dir>/tensorboard, the same one row per step as
+  metrics.csv (History.write hands each row to every logger); written with tensorboardX when the
+  tensorboard package is not installed (Lightning's fallback). A resumed run purges the events
+  from its resume step on, so TensorBoard too shows every step once.
+- Who finishes: `JobLoggers` is opened by qat_lab.train once the job is built and finished by
+  qat_lab.jobs after the final record is known, whatever ended the job (an exception, a signal, a
+  storage error). One W&B run per job: several jobs in one process would otherwise log into the
+  first run (DESIGN.md, W&B facts).
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from qat_lab.records.content import summary_fields, wandb_mode
 
+TENSORBOARD_DIR = "tensorboard"
+"""logger=tensorboard's folder in the job dir."""
+
 
 def tags_for(spec, ident: dict[str, Any]) -> list[str]:
     tags = [*spec.logger.tags, f"sweep={ident['sweep_id']}", f"bits={spec.quant.bits}", f"optim={spec.optim.name}"]
@@ -32,7 +42,10 @@ def tags_for(spec, ident: dict[str, Any]) -> list[str]:
     return [t[:64] for t in dict.fromkeys(tags)]  # W&B caps a tag at 64 characters
 
 
-def make_loggers(spec, ident: dict[str, Any], cfg: DictConfig) -> list:
+def make_loggers(spec, ident: dict[str, Any], cfg: DictConfig, resume_step: int = 0) -> list:
+    """The Lightning loggers of this job (rank 0): [] for none, one W&B or one TensorBoard logger."""
+    if spec.logger.backend == "tensorboard":
+        return [tensorboard_logger(ident["job_dir"], resume_step)]
     mode = wandb_mode(spec)
     if mode == "disabled":
         return []
@@ -53,23 +66,90 @@ def make_loggers(spec, ident: dict[str, Any], cfg: DictConfig) -> list:
     return [logger]
 
 
+def tensorboard_logger(job_dir: str | Path, resume_step: int = 0):
+    """Event files in <job_dir>/tensorboard. A resumed run passes its resume step as the writer's
+    purge_step: TensorBoard drops the earlier events at and after it (the killed run's rows past
+    its checkpoint), as metrics.csv does."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class JobTensorBoardLogger(TensorBoardLogger):
+        """Lightning finalises its loggers when fit ends, but the job's last row (t = steps, the
+        final evaluation) comes after: closing the writer there would make that row open a second
+        event file, of the same name within the same second (tensorboardX then truncates the
+        first). So Lightning's finalize only flushes; JobLoggers.finish closes."""
+
+        def log_metrics(self, metrics, step=None) -> None:
+            super().log_metrics(metrics, step)
+            # tensorboardX writes from a thread and flushes every 2 minutes; flushing each row keeps
+            # what a SIGKILL can lose to the last step or so (metrics.csv is the record).
+            self.experiment.flush()
+
+        def finalize(self, status: str) -> None:
+            if self._experiment is not None:
+                self._experiment.flush()
+
+        def close(self, status: str) -> None:
+            super().finalize(status)
+
+    extra = {"purge_step": resume_step} if resume_step else {}
+    return JobTensorBoardLogger(save_dir=str(job_dir), name="", version=TENSORBOARD_DIR, default_hp_metric=False,
+                                **extra)
+
+
 def describe(loggers: list, record: dict[str, Any]) -> None:
     """Put the W&B run's id and folder into the record (rank 0, once the run exists)."""
-    if loggers:
-        run = loggers[0].experiment
-        record["wandb"]["id"] = run.id
-        record["wandb"]["dir"] = str(Path(run.dir).parent)
+    from lightning.pytorch.loggers import WandbLogger
 
-
-def finish_loggers(loggers: list, record: dict[str, Any]) -> None:
-    """Final summary and status tag, then finish each W&B run of this job (exit code 1 unless the
-    record says completed), so the next job in this process opens a new one."""
     for logger in loggers:
-        run = getattr(logger, "_experiment", None)
-        if run is None:
-            continue
+        if isinstance(logger, WandbLogger):
+            run = logger.experiment
+            record["wandb"]["id"] = run.id
+            record["wandb"]["dir"] = str(Path(run.dir).parent)
+
+
+def finish_loggers(loggers: list, record: dict[str, Any]) -> list[str]:
+    """Finish each logger with the record's state: a W&B run gets the final summary and the status
+    tag and finishes with exit code 0 only if the record says completed (so the next job in this
+    process opens a new run); TensorBoard's writer is flushed and closed. Every logger is tried;
+    returns one line per logger that could not be finished (a full disk, W&B's service gone)."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    problems = []
+    for logger in loggers:
         try:
-            run.summary.update(summary_fields(record))
-            run.tags = tuple(dict.fromkeys([*run.tags, f"status={record['status']}"]))
-        finally:
-            run.finish(exit_code=0 if record["status"] == "completed" else 1)
+            if isinstance(logger, WandbLogger):
+                _finish_wandb(logger, record)
+            else:
+                getattr(logger, "close", logger.finalize)("success" if record["status"] == "completed" else "failed")
+        except Exception as e:  # the record is what counts; a logger that cannot finish is one line
+            problems.append(f"{type(logger).__name__}: {type(e).__name__}: {str(e).strip()[:200]}")
+    return problems
+
+
+def _finish_wandb(logger, record: dict[str, Any]) -> None:
+    run = getattr(logger, "_experiment", None)
+    if run is None:
+        return
+    try:
+        run.summary.update(summary_fields(record))
+        run.tags = tuple(dict.fromkeys([*run.tags, f"status={record['status']}"]))
+    finally:
+        run.finish(exit_code=0 if record["status"] == "completed" else 1)
+
+
+class JobLoggers:
+    """One job's loggers: opened by qat_lab.train once the job is built (the W&B run then exists
+    for the running record), finished by qat_lab.jobs once the final record is known."""
+
+    def __init__(self) -> None:
+        self.loggers: list = []
+
+    def open(self, spec, ident: dict[str, Any], cfg: DictConfig, record: dict[str, Any]) -> list:
+        self.loggers = make_loggers(spec, ident, cfg, record.get("resumed_from_step") or 0)
+        describe(self.loggers, record)
+        return self.loggers
+
+    def finish(self, record: dict[str, Any]) -> list[str]:
+        """Finish every logger with the record's (final) state, once; see finish_loggers."""
+        loggers, self.loggers = self.loggers, []
+        return finish_loggers(loggers, record) if loggers else []

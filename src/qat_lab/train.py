@@ -3,10 +3,11 @@
 Three steps, each readable on its own:
 - build:   data module, model (QAT wrapped, maybe compiled), the monitor's pieces, and the state
            of a checkpoint to resume from (read safely; an unusable one is set aside);
-- fit:     W&B logger, Lightning Trainer, Trainer.fit; what happens at each step is
-           callbacks/monitor.py's docstring;
+- fit:     the loggers (W&B or TensorBoard), Lightning Trainer, Trainer.fit; what happens at each
+           step is callbacks/monitor.py's docstring;
 - collect: tokens, timing, the final evaluation and the divergence verdict into the record.
-The record's lifecycle (lock, running -> final status, signals, errors) is qat_lab.jobs'.
+The record's lifecycle (lock, running -> final status, signals, errors) is qat_lab.jobs', and so is
+finishing the loggers with the final status (qat_lab.loggers.JobLoggers).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 
-from qat_lab import loggers as wandb_loggers
 from qat_lab.callbacks import (Checkpointer, DivergenceRule, GridProbe, History, QuickValidation, TrainingMonitor,
                                final_divergence, load_checkpoint, rows_before)
 from qat_lab.callbacks.checkpoint import CHECKPOINT_NAME, set_aside
@@ -32,6 +32,7 @@ from qat_lab.callbacks.validation import LossCurve
 from qat_lab.config import RunSpec
 from qat_lab.data.datamodule import LMDataModule
 from qat_lab.evaluation import final_evaluation
+from qat_lab.loggers import JobLoggers
 from qat_lab.module import QATLanguageModel
 from qat_lab.records import HISTORY_NAME, write_record
 from qat_lab.records.identity import config_fingerprint
@@ -203,20 +204,21 @@ def collect(job: Job, trainer: L.Trainer, train_s: float, record: dict[str, Any]
         record["status"] = "completed"
 
 
-def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[str, Any], write: bool = True,
-          say=print) -> None:
-    """Build, fit and collect, filling `record` in place (`write`: rank 0 saves the running record
-    once the W&B run exists). The W&B run is finished in any case, with the record's status."""
+def train(spec: RunSpec, cfg: DictConfig, ident: dict[str, Any], record: dict[str, Any],
+          loggers: JobLoggers | None = None, say=print) -> None:
+    """Build, fit and collect, filling `record` in place. With `loggers` (rank 0), the job's loggers
+    are opened into it once the job is built and the running record is saved then (it names the W&B
+    run); the caller finishes them once the record's final status is known (qat_lab.jobs), whatever
+    ends the job. Without (the other ranks of a multi-device run), nothing is logged or written."""
     job = build(spec, ident, record, say)
-    loggers = wandb_loggers.make_loggers(spec, ident, cfg) if write else []
+    opened: list = []
     try:
-        wandb_loggers.describe(loggers, record)
-        if write:
+        if loggers is not None:
+            opened = loggers.open(spec, ident, cfg, record)
             write_record(job.job_dir, record)
-        trainer, train_s = fit(job, loggers)
+        trainer, train_s = fit(job, opened)
         collect(job, trainer, train_s, record)
         if trainer.is_global_zero:
             job.monitor.checkpointer.discard()  # the run is over; the record holds what matters
     finally:
         job.monitor.history.close()
-        wandb_loggers.finish_loggers(loggers, record)

@@ -29,20 +29,23 @@ def test_signal_during_a_single_run(tmp_path, sig, code):
     assert f"stopped by {sig.name}" in err
 
 
-def test_sigterm_stops_a_sweep_and_a_rerun_finishes_every_job_once(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_a_sweep_and_a_rerun_finishes_every_job_once(tmp_path, sig, code):
     sweep = tmp_path / "sweep"
     # Three jobs of 60 steps with checkpoints every 10: the first is signalled mid-run.
     args = ["-m", "seed=0,1,2", *FAST, "trainer.steps=60", "trainer.checkpoint_every=10", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(args, tmp_path)
     wait_for(lambda: any(history_rows(d) > 25 for d in sweep.glob("*")) if sweep.exists() else False,
              what="the first job to pass a checkpoint")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     recs = records(sweep)
     assert [r["status"] for r in recs.values()] == ["interrupted"]  # the sweep stopped: no later job started
+    assert [r["error"] for r in recs.values()] == [sig.name]
+    assert "Traceback" not in err and f"stopped by {sig.name}" in err
 
-    again = run_cli(args[:1] + args[1:], cwd=tmp_path)
+    again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from step" in again.stdout
     recs = records(sweep)
@@ -54,24 +57,26 @@ def test_sigterm_stops_a_sweep_and_a_rerun_finishes_every_job_once(tmp_path):
     assert third.returncode == 0 and third.stdout.count("already completed, skipped") == 3
 
 
-def test_sigkill_leaves_a_running_record_and_a_rerun_resumes(tmp_path):
-    sweep = tmp_path / "sweep"
-    args = ["-m", "seed=0,1", *FAST, "trainer.steps=60", "trainer.checkpoint_every=10", f"hydra.sweep.dir={sweep}"]
+@pytest.mark.parametrize("sweep", [True, False], ids=["sweep", "single"])
+def test_sigkill_leaves_a_running_record_and_a_rerun_resumes(tmp_path, sweep):
+    out = tmp_path / "out"
+    where = ["-m", "seed=0,1", f"hydra.sweep.dir={out}"] if sweep else [f"hydra.run.dir={out}"]
+    args = [*where, *FAST, "trainer.steps=60", "trainer.checkpoint_every=10"]
     proc = start_cli(args, tmp_path)
-    wait_for(lambda: any(history_rows(d) > 25 for d in sweep.glob("*")) if sweep.exists() else False,
+    wait_for(lambda: any(history_rows(d) > 25 for d in [out, *out.glob("*")]) or proc.poll() is not None,
              what="the first job to pass a checkpoint")
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    (killed,) = records(sweep).values()
+    (killed,) = records(out).values()
     assert killed["status"] == "running"  # nothing can record a SIGKILL; the lock says who held the job
 
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming from step" in again.stdout  # the dead holder's lock was stale, the checkpoint good
-    recs = records(sweep)
-    assert len(recs) == 2 and all(r["status"] == "completed" for r in recs.values())
+    recs = records(out)
+    assert len(recs) == (2 if sweep else 1) and all(r["status"] == "completed" for r in recs.values())
     resumed = [r for r in recs.values() if r["resumed_from_step"]]
     assert len(resumed) == 1 and resumed[0]["resumed_from_step"] >= 20
-    for name in recs:
-        assert history_steps(sweep / name) == list(range(61))
-        assert not (sweep / name / "job.lock").exists() and not (sweep / name / "checkpoint.pt").exists()
+    for job_dir in ([out / name for name in recs] if sweep else [out]):
+        assert history_steps(job_dir) == list(range(61)), job_dir.name  # every step exactly once
+        assert not (job_dir / "job.lock").exists() and not (job_dir / "checkpoint.pt").exists()
