@@ -266,3 +266,15 @@ def test_versions_has_torch():
     assert re.match(r"\d+\.\d+", v["python"])
     for key in ("lightning", "hydra-core", "numpy"):
         assert key in v
+
+
+def test_only_the_wandb_logger_makes_a_wandb_run(monkeypatch):
+    from qat_lab.records.content import _wandb_mode
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_DISABLED", raising=False)
+    assert _wandb_mode("wandb", "offline") == "offline"
+    assert _wandb_mode("tensorboard", "offline") == "disabled"  # the record must not claim a W&B run
+    assert _wandb_mode("none", "offline") == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert _wandb_mode("wandb", "offline") == "disabled"

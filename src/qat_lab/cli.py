@@ -841,8 +841,11 @@ def main() -> None:
         signum = interrupts.received()
         if signum is None:
             raise
-        print(f"qatlab: stopped by {interrupts.name(signum)}; the interrupted job's record says so, re-run the same "
-              "command to finish the sweep", file=sys.stderr)
+        jobs = sys.modules.get("qat_lab.jobs")  # not imported: no job had started
+        said = ("the interrupted job's record says so" if jobs is not None and jobs.INTERRUPTED
+                else "no job had written a record yet")
+        print(f"qatlab: stopped by {interrupts.name(signum)}; {said}, re-run the same command to finish the sweep",
+              file=sys.stderr)
         sys.exit(interrupts.exit_code(signum))
     from qat_lab.jobs import FAILED
     from qat_lab.summary import LAST_SWEEP

@@ -40,14 +40,14 @@ def job_identity(job_dir: Path, sweep_dir: Path, override_dirname: str, job_num:
 
 
 def wandb_mode(spec) -> str:
-    """The W&B mode a run really uses: 'disabled' (no logger, no files) for logger=none,
-    logger.mode=disabled, or WANDB_MODE=disabled / WANDB_DISABLED=true in the environment."""
+    """The W&B mode a run really uses: 'disabled' (no W&B run, no files) for a logger other than W&B
+    (logger=none, logger=tensorboard), logger.mode=disabled, or WANDB_MODE=disabled / WANDB_DISABLED=true in the environment."""
     return _wandb_mode(spec.logger.backend, spec.logger.mode)
 
 
 def _wandb_mode(backend: str | None, mode: str | None) -> str | None:
     env = os.environ.get("WANDB_MODE", "").lower()
-    if backend == "none" or env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in (
+    if backend != "wandb" or env == "disabled" or os.environ.get("WANDB_DISABLED", "").lower() in (
             "true", "1", "yes"):
         return "disabled"
     return mode
