@@ -2,7 +2,8 @@
 (TrainingMonitor, monitor.py: the order of everything at step t) calling small plain pieces.
 
     grid_distance.py  GridProbe: weight-to-grid distance (and the pre-warmdown snapshot)
-    validation.py     QuickValidation: a few fixed val batches
+    validation.py     QuickValidation: a few fixed val batches; LossCurve: curve_loss on one fixed batch
+    progress.py       Progress: a line every trainer.log_every steps (console and qatlab.log)
     history.py        History: metrics.csv, one row per step, and the loggers' rows
     divergence.py     DivergenceRule and final_divergence: when a run has diverged
     checkpoint.py     Checkpointer and load_checkpoint: safe, resumable step checkpoints

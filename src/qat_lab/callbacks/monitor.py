@@ -17,8 +17,9 @@
       6. a progress line every trainer.log_every steps (rank 0)
     when fit ends: the final grid distance (the final evaluation and its row are train.collect's)
 
-The pieces (GridProbe, QuickValidation, History, DivergenceRule, Checkpointer) are plain
-objects with their own tests; this callback only calls them at the right moment.
+The pieces (GridProbe, QuickValidation, LossCurve, History, DivergenceRule, Checkpointer,
+Progress) are plain objects; this callback only calls them at the right moment
+(tests/test_callbacks.py checks each piece and the order through a real tiny run).
 """
 
 from __future__ import annotations
