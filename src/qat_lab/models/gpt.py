@@ -4,6 +4,13 @@ Pre-norm RMSNorm blocks, rotary position embedding, QK-norm, ReLU^2 MLP, no bias
 input/output embedding, zero-initialised output projections and an optional tanh logit softcap.
 Every 2-D weight inside a block is an ``nn.Linear``: those are the matrices the quantiser wraps
 and the ones Muon updates (see ``qat_lab.quant.qat`` and ``qat_lab.optim.routing``).
+
+Small-width CPU training spends much of a step in elementwise ops (docs/benchmarks_cpu_profile.md),
+so three of them are written to do less work than autograd's default: RMSNorm's backward on CPU,
+ReLU^2's backward and the rotary rotation. Each computes the same values as the plain formulation,
+forward and gradients, bit for bit (tests/test_model_numerics.py keeps the plain formulation and
+compares): under QAT a gradient that differs in its last bit moves a weight across a rounding
+boundary now and then, and a few steps later the loss differs in its fourth digit.
 """
 
 from __future__ import annotations
@@ -15,42 +22,120 @@ import torch.nn.functional as F
 from qat_lab.models.config import GPTConfig
 
 
+def _opmath(t: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32, others unchanged: the precision torch's RMSNorm computes in."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+class _RMSNormCPU(torch.autograd.Function):
+    """F.rms_norm with a hand-written backward, for CPU training: the same values, bit for bit.
+
+    On CPU torch's "fused" RMSNorm is a composite (pow, mean, add, rsqrt, two muls) that autograd
+    differentiates op by op, with several full-size passes only to broadcast a per-row number
+    (mean's backward expands it to the input's shape, pow's copies x and doubles it). The forward
+    here is that composite, term for term; the backward is autograd's chain with the per-row
+    factors kept per row:
+        dx = (g*w) * rstd  +  c * x,   c = 2 * (-0.5 * sum(g*w * x) * rstd^3) / D
+        dw = sum over rows of g * xhat
+    Each product is one autograd forms (a power-of-two factor moved between operands is exact), so
+    the gradients equal autograd's bit for bit in about half the passes. Two details keep them so:
+    x is passed twice and gets its two terms as two gradients, which autograd then sums in the
+    order it sums the composite's (residual stream first: a + b + c is not c + a + b in floating
+    point); in bf16 the two terms meet in fp32, before the cast back, as in the composite.
+    xhat and rstd are outputs only so that setup_context can save them (the form torch.func's vmap
+    needs: iEF's per-sample gradients)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, _x_again, weight, eps):
+        xf = _opmath(x)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
+        xhat = xf * rstd
+        return (xhat * _opmath(weight)).to(x.dtype), xhat, rstd
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, _, weight, _ = inputs
+        _, xhat, rstd = output
+        ctx.mark_non_differentiable(xhat, rstd)
+        ctx.set_materialize_grads(False)  # else autograd zero-fills a gradient for xhat and rstd
+        ctx.save_for_backward(x, xhat, rstd, weight)
+
+    @staticmethod
+    def backward(ctx, g, _xhat_grad, _rstd_grad):
+        if g is None:
+            return None, None, None, None
+        x, xhat, rstd, weight = ctx.saved_tensors
+        gf, xf = _opmath(g), _opmath(x)
+        dx = dx_again = dw = None
+        if ctx.needs_input_grad[0]:
+            gw = gf * _opmath(weight)
+            c = ((-0.5 * (gw * xf).sum(-1, keepdim=True)) * rstd.pow(3)) / xf.shape[-1] * 2
+            dx, dx_again = gw * rstd, c * xf
+            if xf is not x:  # bf16: the two terms meet in fp32
+                dx, dx_again = (dx + dx_again).to(x.dtype), None
+        if ctx.needs_input_grad[2]:
+            dw = (gf * xhat).sum(dim=tuple(range(g.dim() - 1))).to(weight.dtype)
+        return dx, dx_again, dw, None
+
+
 class RMSNorm(nn.RMSNorm):
     """nn.RMSNorm whose gain follows the input's dtype. Under bf16 autocast the matmuls hand it
     bf16 activations while the gain is an fp32 master weight; torch then refuses its fused kernel
     (with a warning on every call) and takes the slow path. Casting the gain, a vector of ~1s,
-    to bf16 costs nothing in accuracy (tested against fp32) and keeps the fused kernel."""
+    to bf16 costs nothing in accuracy (tested against fp32) and keeps the fused kernel.
+    On CPU, where torch's RMSNorm is a composite rather than a kernel, _RMSNormCPU does the work."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight is None or self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        if x.device.type == "cpu" and w is not None and self.eps is not None and len(self.normalized_shape) == 1:
+            return _RMSNormCPU.apply(x, x, w, self.eps)[0]
         return F.rms_norm(x, self.normalized_shape, w, self.eps)
 
 
 class Rotary(nn.Module):
-    """Rotary position embedding; cos/sin tables are cached per sequence length and device."""
+    """Rotary position embedding. Each head's two halves (x1, x2) are rotated as complex pairs:
+        (x1, x2) -> (x1*cos + x2*sin, x2*cos - x1*sin) = x * [cos, cos] + swap(x) * [sin, -sin]
+    with swap(x) = (x2, x1). The right-hand form is two full-width products, an add and a roll
+    instead of four half-width products, an add, a sub, a cat and the slicing that chunk needs in
+    backward, and it is the same arithmetic: x1*(-sin) = -(x1*sin) exactly, and a + (-b) = a - b.
+
+    The tables are built once per (sequence length, heads, device, dtype): already in the
+    activations' dtype (rounding to bf16 is sign-symmetric, so [sin, -sin] in bf16 is the bf16 sin
+    negated), and materialised over the heads. A (1, T, 1, D) table broadcast against (B, T, H, D)
+    leaves TensorIterator an inner loop of D elements; a contiguous (1, T, H, D) one gives it T*H*D,
+    about 4x faster at D = 32 on CPU, for T*H*D floats of memory."""
 
     def __init__(self, head_dim: int, base: float):
         super().__init__()
         inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._cache: tuple[int, torch.device, torch.Tensor, torch.Tensor] | None = None
+        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def tables(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def tables(self, seq_len: int, n_heads: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """([cos, cos], [sin, -sin]), each (1, seq_len, n_heads, head_dim) and contiguous."""
+        key = (seq_len, n_heads, torch.device(device), dtype)
+        hit = self._cache.get(key)
         # Tables built under torch.inference_mode (e.g. Lightning's validation loop) are inference
         # tensors that autograd refuses to save, so they are rebuilt once training resumes.
-        stale = self._cache is not None and self._cache[2].is_inference() and not torch.is_inference_mode_enabled()
-        if stale or self._cache is None or self._cache[0] != seq_len or self._cache[1] != device:
+        if hit is None or (hit[0].is_inference() and not torch.is_inference_mode_enabled()):
             t = torch.arange(seq_len, device=device, dtype=torch.float32)
             freqs = torch.outer(t, self.inv_freq.to(device))
-            self._cache = (seq_len, device, freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :])
-        return self._cache[2], self._cache[3]
+            cos, sin = freqs.cos(), freqs.sin()
+            shape = (1, seq_len, n_heads, 2 * cos.shape[-1])
+            cos2 = torch.cat((cos, cos), dim=-1).to(dtype)[None, :, None, :].expand(shape).contiguous()
+            sin2 = torch.cat((sin, -sin), dim=-1).to(dtype)[None, :, None, :].expand(shape).contiguous()
+            if len(self._cache) >= 4:  # q and k (two entries under GQA), and an odd evaluation length
+                self._cache.clear()
+            self._cache[key] = hit = (cos2, sin2)
+        return hit
 
     @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, H, D). Rotate the two halves of each head as complex pairs.
-        x1, x2 = x.chunk(2, dim=-1)
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    def rotate(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, H, D); rolling the last dim by D/2 swaps the halves (and its backward is a roll).
+        return x * cos2 + x.roll(x.shape[-1] // 2, dims=-1) * sin2
 
 
 class Attention(nn.Module):
@@ -71,13 +156,40 @@ class Attention(nn.Module):
         q = self.q_norm(self.q(x).view(B, T, self.n_head, self.hd))
         k = self.k_norm(self.k(x).view(B, T, self.n_kv, self.hd))
         v = self.v(x).view(B, T, self.n_kv, self.hd)
-        cos, sin = self.rotary.tables(T, x.device)
-        q, k = Rotary.rotate(q, cos, sin), Rotary.rotate(k, cos, sin)
+        q = Rotary.rotate(q, *self.rotary.tables(T, self.n_head, x.device, q.dtype))
+        k = Rotary.rotate(k, *self.rotary.tables(T, self.n_kv, x.device, k.dtype))
         y = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
             is_causal=True, enable_gqa=self.n_kv != self.n_head,
         )
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
+
+
+class _ReLUSquared(torch.autograd.Function):
+    """relu(x)^2 with the backward 2*relu(x)*g in two passes. Autograd's own, through
+    relu(x).square(), takes five: pow(h, 1) (a copy), 2*, *g and relu's threshold mask. Bit for bit
+    the same gradient: scaling by 2 is exact, and relu(x) = 0 wherever the mask would zero it."""
+
+    generate_vmap_rule = True  # torch.func (iEF's per-sample gradients); h is an output so it can be saved
+
+    @staticmethod
+    def forward(x):
+        h = torch.relu(x)
+        return h * h, h
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        h = output[1]
+        ctx.mark_non_differentiable(h)
+        ctx.set_materialize_grads(False)  # else autograd zero-fills a gradient for h
+        ctx.save_for_backward(h)
+
+    @staticmethod
+    def backward(ctx, g, _h_grad):
+        if g is None:
+            return None
+        (h,) = ctx.saved_tensors
+        return (g * h).mul_(2.0)
 
 
 class MLP(nn.Module):
@@ -88,7 +200,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.relu(self.fc(x)).square())  # ReLU^2, as in the modded-nanogpt lineage
+        return self.proj(_ReLUSquared.apply(self.fc(x))[0])  # ReLU^2, as in the modded-nanogpt lineage
 
 
 class Block(nn.Module):
