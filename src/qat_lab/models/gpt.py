@@ -6,11 +6,12 @@ Every 2-D weight inside a block is an ``nn.Linear``: those are the matrices the 
 and the ones Muon updates (see ``qat_lab.quant.qat`` and ``qat_lab.optim.routing``).
 
 Small-width CPU training spends much of a step in elementwise ops (docs/benchmarks_cpu_profile.md),
-so three of them are written to do less work than autograd's default: RMSNorm's backward on CPU,
-ReLU^2's backward and the rotary rotation. Each computes the same values as the plain formulation,
-forward and gradients, bit for bit (tests/test_model_numerics.py keeps the plain formulation and
-compares): under QAT a gradient that differs in its last bit moves a weight across a rounding
-boundary now and then, and a few steps later the loss differs in its fourth digit.
+so three of them do less work than autograd's default: the rotary rotation (below), and RMSNorm's
+backward on CPU and ReLU^2's backward (hand-written in cpu_ops.py). Each computes the same values
+as the plain formulation, forward and gradients, bit for bit (tests/test_model_numerics.py keeps
+the plain formulation and compares): under QAT a gradient that differs in its last bit moves a
+weight across a rounding boundary now and then, and a few steps later the loss differs in its
+fourth digit.
 """
 
 from __future__ import annotations
@@ -20,64 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from qat_lab.models.config import GPTConfig
-
-
-def _opmath(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 -> fp32, others unchanged: the precision torch's RMSNorm computes in."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-class _RMSNormCPU(torch.autograd.Function):
-    """F.rms_norm with a hand-written backward, for CPU training: the same values, bit for bit.
-
-    On CPU torch's "fused" RMSNorm is a composite (pow, mean, add, rsqrt, two muls) that autograd
-    differentiates op by op, with several full-size passes only to broadcast a per-row number
-    (mean's backward expands it to the input's shape, pow's copies x and doubles it). The forward
-    here is that composite, term for term; the backward is autograd's chain with the per-row
-    factors kept per row:
-        dx = (g*w) * rstd  +  c * x,   c = 2 * (-0.5 * sum(g*w * x) * rstd^3) / D
-        dw = sum over rows of g * xhat
-    Each product is one autograd forms (a power-of-two factor moved between operands is exact), so
-    the gradients equal autograd's bit for bit in about half the passes. Two details keep them so:
-    x is passed twice and gets its two terms as two gradients, which autograd then sums in the
-    order it sums the composite's (residual stream first: a + b + c is not c + a + b in floating
-    point); in bf16 the two terms meet in fp32, before the cast back, as in the composite.
-    xhat and rstd are outputs only so that setup_context can save them (the form torch.func's vmap
-    needs: iEF's per-sample gradients)."""
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x, _x_again, weight, eps):
-        xf = _opmath(x)
-        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True).add_(eps))
-        xhat = xf * rstd
-        return (xhat * _opmath(weight)).to(x.dtype), xhat, rstd
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        x, _, weight, _ = inputs
-        _, xhat, rstd = output
-        ctx.mark_non_differentiable(xhat, rstd)
-        ctx.set_materialize_grads(False)  # else autograd zero-fills a gradient for xhat and rstd
-        ctx.save_for_backward(x, xhat, rstd, weight)
-
-    @staticmethod
-    def backward(ctx, g, _xhat_grad, _rstd_grad):
-        if g is None:
-            return None, None, None, None
-        x, xhat, rstd, weight = ctx.saved_tensors
-        gf, xf = _opmath(g), _opmath(x)
-        dx = dx_again = dw = None
-        if ctx.needs_input_grad[0]:
-            gw = gf * _opmath(weight)
-            c = ((-0.5 * (gw * xf).sum(-1, keepdim=True)) * rstd.pow(3)) / xf.shape[-1] * 2
-            dx, dx_again = gw * rstd, c * xf
-            if xf is not x:  # bf16: the two terms meet in fp32
-                dx, dx_again = (dx + dx_again).to(x.dtype), None
-        if ctx.needs_input_grad[2]:
-            dw = (gf * xhat).sum(dim=tuple(range(g.dim() - 1))).to(weight.dtype)
-        return dx, dx_again, dw, None
+from qat_lab.models.cpu_ops import relu_squared, rms_norm_cpu
 
 
 class RMSNorm(nn.RMSNorm):
@@ -85,12 +29,12 @@ class RMSNorm(nn.RMSNorm):
     bf16 activations while the gain is an fp32 master weight; torch then refuses its fused kernel
     (with a warning on every call) and takes the slow path. Casting the gain, a vector of ~1s,
     to bf16 costs nothing in accuracy (tested against fp32) and keeps the fused kernel.
-    On CPU, where torch's RMSNorm is a composite rather than a kernel, _RMSNormCPU does the work."""
+    On CPU, where torch's RMSNorm is a composite rather than a kernel, cpu_ops.rms_norm_cpu does the work."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight if self.weight is None or self.weight.dtype == x.dtype else self.weight.to(x.dtype)
         if x.device.type == "cpu" and w is not None and self.eps is not None and len(self.normalized_shape) == 1:
-            return _RMSNormCPU.apply(x, x, w, self.eps)[0]
+            return rms_norm_cpu(x, w, self.eps)
         return F.rms_norm(x, self.normalized_shape, w, self.eps)
 
 
@@ -165,33 +109,6 @@ class Attention(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.hd))
 
 
-class _ReLUSquared(torch.autograd.Function):
-    """relu(x)^2 with the backward 2*relu(x)*g in two passes. Autograd's own, through
-    relu(x).square(), takes five: pow(h, 1) (a copy), 2*, *g and relu's threshold mask. Bit for bit
-    the same gradient: scaling by 2 is exact, and relu(x) = 0 wherever the mask would zero it."""
-
-    generate_vmap_rule = True  # torch.func (iEF's per-sample gradients); h is an output so it can be saved
-
-    @staticmethod
-    def forward(x):
-        h = torch.relu(x)
-        return h * h, h
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        h = output[1]
-        ctx.mark_non_differentiable(h)
-        ctx.set_materialize_grads(False)  # else autograd zero-fills a gradient for h
-        ctx.save_for_backward(h)
-
-    @staticmethod
-    def backward(ctx, g, _h_grad):
-        if g is None:
-            return None
-        (h,) = ctx.saved_tensors
-        return (g * h).mul_(2.0)
-
-
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -200,7 +117,7 @@ class MLP(nn.Module):
         self.proj = nn.Linear(hidden, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(_ReLUSquared.apply(self.fc(x))[0])  # ReLU^2, as in the modded-nanogpt lineage
+        return self.proj(relu_squared(self.fc(x)))  # ReLU^2, as in the modded-nanogpt lineage
 
 
 class Block(nn.Module):
