@@ -378,3 +378,31 @@ def test_data_groups_compose(tmp_path: Path):
     spec = compose(["data.tokenizer=bpe", "data.vocab_size=512"])
     assert (spec.data.corpus, spec.data.tokenizer, spec.data.vocab_size) == ("shakespeare", "bpe", 512)
     assert compose(["data.tokenizer=bpe"]).data.vocab_size == 1024
+
+
+# --- what identifies a corpus -------------------------------------------------------------------------
+
+def test_corpus_fingerprint_is_what_a_job_records_for_every_kind_of_corpus(tmp_path: Path):
+    """data/fingerprint.py is the one rule: the preflight's fingerprint of a data config equals the
+    one the data module records, for text files, shards and hf files, and it follows the content."""
+    from qat_lab.data.fingerprint import corpus_fingerprint
+
+    text = tmp_path / "a" / "corp"
+    text.mkdir(parents=True)
+    (text / "t.txt").write_bytes(_corpus_text(4000))
+    shards = tmp_path / "shards"
+    _byte_shards(shards, _corpus_text(20000))
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "d.txt").write_text("\n".join(DOCS[:6]))
+    cfgs = [DataConfig(corpus="text", path=str(text), seq_len=16, batch_size=4, val_fraction=0.1, val_tokens=256),
+            _shard_cfg(shards), _hf_cfg(hf_dir, tmp_path)]
+    prints = [corpus_fingerprint(cfg) for cfg in cfgs]
+    assert prints == [_module(cfg).facts["fingerprint"] for cfg in cfgs]
+    assert len(set(prints)) == 3
+    same = tmp_path / "b" / "corp"  # another folder, the same content: the same corpus
+    same.mkdir(parents=True)
+    (same / "t.txt").write_bytes((text / "t.txt").read_bytes())
+    assert corpus_fingerprint(DataConfig(corpus="text", path=str(same))) == prints[0]
+    (same / "t.txt").write_bytes(_corpus_text(4000, seed=1))
+    assert corpus_fingerprint(DataConfig(corpus="text", path=str(same))) != prints[0]

@@ -533,26 +533,10 @@ def _data_content(data) -> tuple:
     """What the run record identifies this data by (records.identity.DATA_FACTS): the corpus
     fingerprint the data module records (the SHA-256 of every document of a text corpus, the
     sampled fingerprint of HF files and shards) and the SHA-256 of a tokenizer file."""
+    from qat_lab.data.fingerprint import corpus_fingerprint
+
     try:
-        if data.corpus == "shards":
-            from qat_lab.data.shards import find_shards, sampled_fingerprint
-
-            root = Path(data.path).expanduser()
-            fingerprint = sampled_fingerprint([*find_shards(root, data.train_glob), *find_shards(root, data.val_glob)],
-                                              root)
-        elif data.corpus == "hf":
-            import json
-
-            from qat_lab.data import hf
-            from qat_lab.data.shards import sampled_fingerprint
-
-            root, files = hf.find_files(data.path, data.glob)
-            facts = {"format": hf.infer_format(files, data.hf_format), "text_field": data.text_field}
-            fingerprint = sampled_fingerprint(files, root, extra=json.dumps(facts, sort_keys=True).encode())
-        else:
-            from qat_lab.data.corpora import load_corpus
-
-            fingerprint = load_corpus(data.corpus, data.path, data.glob).fingerprint
+        fingerprint = corpus_fingerprint(data)
         tokenizer = None
         if data.tokenizer == "file":
             from qat_lab.data.bpe import HFTokenizer

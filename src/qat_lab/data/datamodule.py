@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from qat_lab.cache import cache_root
 from qat_lab.data.config import DataConfig
 from qat_lab.data.corpora import Corpus, load_corpus
-from qat_lab.data.shards import ShardSet, find_shards, sampled_fingerprint
+from qat_lab.data.fingerprint import shards_fingerprint
+from qat_lab.data.shards import ShardSet, find_shards
 from qat_lab.data.tokenizer import ByteTokenizer
 from qat_lab.errors import DataError
 
@@ -183,7 +184,7 @@ class LMDataModule(L.LightningDataModule):
         self.train_tokens, self.val_tokens = ShardSet(train_files, self._vocab), ShardSet(val_files, self._vocab)
         self.byte_lengths = None if self.tokenizer is None else self.tokenizer.byte_lengths
         self.facts = {"corpus": f"shards:{root.resolve().name}", "root": str(root.resolve()),
-                      "fingerprint": sampled_fingerprint([*train_files, *val_files], root),
+                      "fingerprint": shards_fingerprint(root, train_files, val_files),
                       "n_documents": None, "n_bytes": None, "fingerprint_kind": "sha256-sampled", "val_fraction": None,
                       "train_shards": len(train_files), "val_shards": len(val_files)}
 

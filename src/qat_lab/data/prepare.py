@@ -30,8 +30,9 @@ from qat_lab.atomic import atomic_dir, atomic_write
 from qat_lab.cache import cache_root
 from qat_lab.data import bpe, hf
 from qat_lab.data.config import DataConfig
+from qat_lab.data.fingerprint import hf_fingerprint
 from qat_lab.data.corpora import DOCUMENT_SEPARATOR, Corpus, load_corpus
-from qat_lab.data.shards import SHARD_TOKENS, ShardWriter, sampled_fingerprint
+from qat_lab.data.shards import SHARD_TOKENS, ShardWriter
 from qat_lab.data.tokenizer import ByteTokenizer
 from qat_lab.errors import ConfigError, DataError
 
@@ -70,8 +71,7 @@ def corpus_source(corpus: Corpus) -> Source:
 def hf_source(cfg: DataConfig, cache: Path) -> Source:
     root, files = hf.find_files(cfg.path, cfg.glob)
     fmt = hf.infer_format(files, cfg.hf_format)
-    facts = json.dumps({"format": fmt, "text_field": cfg.text_field}, sort_keys=True).encode()
-    fingerprint = sampled_fingerprint(files, root, extra=facts)
+    fingerprint = hf_fingerprint(root, files, fmt, cfg.text_field)
 
     def pieces() -> Iterator[bytes]:
         return hf.iter_pieces(files, fmt, cfg.text_field)
