@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import optimize, signal
 
 from qat_lab.schedules import ScheduleConfig
+from qat_lab.validation import build_dataclass
 
 HUBER_DELTA = 1e-3
 DEFAULT_LAMBDAS = (0.9, 0.95, 0.99, 0.995, 0.999)
@@ -68,11 +69,8 @@ LOSS_COLUMNS = ("curve_loss", "train_loss")
 
 def schedule_of(record: dict) -> ScheduleConfig | None:
     """The run's schedule rebuilt from its resolved config (None if the record has none)."""
-    fields = dict((record.get("config") or {}).get("schedule") or {})
-    if not fields:
-        return None
-    fields.pop("_target_", None)
-    return ScheduleConfig(**fields)
+    fields = (record.get("config") or {}).get("schedule") or {}
+    return build_dataclass(fields, "schedule", ScheduleConfig) if fields else None
 
 
 @dataclass
