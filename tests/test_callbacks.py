@@ -116,6 +116,7 @@ def run_tiny_job(job_dir: Path, overrides: list[str]):
 
 
 def _run_tiny_job(job_dir: Path, overrides: list[str]):
+    train.quiet_lightning()  # as jobs.run_job does: the known third-party noise stays out of the output
     cfg, spec = compose_spec(overrides)
     record = {"config": OmegaConf.to_container(cfg, resolve=True)}
     ident = {"job_dir": str(job_dir), "job_num": 0, "job_name": "tiny"}
